@@ -1,0 +1,439 @@
+"""Configuration: parsed and validated once into frozen dataclasses.
+
+Sources, highest precedence first: command-line flags, environment (``JELLYFIN_URL``,
+``JELLYFIN_API_KEY``, ``JELLYFIN_API_KEY_FILE``), the TOML file, defaults. The API key is
+never taken from the command line (it would show in ``ps`` and in shell history): only
+from the environment, a key file, a systemd credential or the configuration file.
+
+Every error is a :class:`~watcher.errors.ConfigError` whose message names the file, the
+key and what is expected, e.g. ``config.toml: watch.quiet_period: expected seconds ≥ 0,
+got "abc"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from watcher.errors import ConfigError
+
+APP_NAME = "jellyfin-watcher"
+
+DEFAULT_QUIET_PERIOD = 30.0
+"""Seconds without a relevant event after which a batch is due."""
+DEFAULT_MAX_WAIT = 600.0
+"""Seconds after a batch's first event after which it is due even if events keep coming."""
+DEFAULT_PROBE_TIMEOUT = 5.0
+"""Seconds a root's filesystem probe may take before the root counts as unresponsive."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds any one HTTP request to Jellyfin may take."""
+DEFAULT_BACKOFF_MAX = 300.0
+"""Upper bound, in seconds, of the delay between retries of a refresh that failed."""
+DEFAULT_LOG_LEVEL = "info"
+SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
+CREDENTIAL_NAME = "jellyfin-api-key"
+"""File name of the API key in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
+
+DEFAULT_IGNORE: tuple[str, ...] = (
+    # Partial and temporary downloads.
+    "*.part",
+    "*.partial",
+    "*.!qB",
+    "*.!ut",
+    "*.crdownload",
+    "*.aria2",
+    "*.filepart",
+    "*.tmp",
+    # Hidden files and folders, NAS and desktop litter.
+    ".*",
+    "@eaDir",
+    "#recycle",
+    "#snapshot",
+    "$RECYCLE.BIN",
+    "lost+found",
+    "Thumbs.db",
+    "desktop.ini",
+    # What Jellyfin writes next to the media itself.
+    "*.nfo",
+    "poster.*",
+    "*-poster.*",
+    "fanart.*",
+    "*-fanart.*",
+    "backdrop*.*",
+    "banner.*",
+    "logo.*",
+    "clearart.*",
+    "clearlogo.*",
+    "landscape.*",
+    "disc.*",
+    "folder.*",
+    "thumb.*",
+    "*-thumb.jpg",
+    "*.trickplay",
+    "extrafanart",
+    "metadata",
+)
+"""Patterns matched (case-insensitively, shell-style) against every component of a path
+below a root; an event whose every path has a matching component is ignored."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Secret:
+    """A string that never shows itself: ``repr``/``str`` print ``********``.
+
+    Call :meth:`reveal` where the value is really needed (the HTTP header).
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    def __str__(self) -> str:
+        return "********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """A library folder on disk that is watched and health-checked.
+
+    ``path`` is absolute but not resolved (resolving touches the filesystem, which may hang).
+    ``mount`` is the mount point the root must live on; None means: learn it the first time
+    the root is seen healthy.
+    """
+
+    path: Path
+    mount: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration. Times are in seconds."""
+
+    url: str | None = None
+    api_key: Secret | None = None
+    roots: tuple[Root, ...] = ()
+    quiet_period: float = DEFAULT_QUIET_PERIOD
+    max_wait: float = DEFAULT_MAX_WAIT
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    backoff_max: float = DEFAULT_BACKOFF_MAX
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    state_dir: Path = field(default_factory=lambda: default_state_dir({}))
+    dry_run: bool = False
+    log_level: str = DEFAULT_LOG_LEVEL
+    config_file: Path | None = None
+
+    def map_path(self, jellyfin_path: str) -> Path:
+        """Translate a path as Jellyfin sees it to the path on this machine.
+
+        The identity for now: the seam where path mapping (Docker layouts) plugs in.
+        """
+        return Path(jellyfin_path)
+
+
+# --- Schema of the TOML file -------------------------------------------------------------
+
+_TOP_KEYS = {"state_dir", "log_level", "dry_run", "jellyfin", "watch", "roots"}
+_JELLYFIN_KEYS = {"url", "api_key", "api_key_file", "timeout"}
+_WATCH_KEYS = {"quiet_period", "max_wait", "probe_timeout", "backoff_max", "ignore", "default_ignore"}
+_ROOT_KEYS = {"path", "mount"}
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """The state directory when none is configured.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; the first entry if several),
+    else ``/var/lib/jellyfin-watcher`` for root, else the per-user state directory
+    (``~/.local/state/jellyfin-watcher`` on Linux, via platformdirs).
+    """
+    from_systemd = environ.get("STATE_DIRECTORY", "")
+    if from_systemd:
+        return Path(from_systemd.split(":")[0])
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return SYSTEM_STATE_DIR
+    return Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
+
+
+def default_config_file(environ: Mapping[str, str]) -> Path | None:
+    """``$JELLYFIN_WATCHER_CONFIG``, else the first existing of the per-user config file
+    (``~/.config/jellyfin-watcher/config.toml``) and ``/etc/jellyfin-watcher/config.toml``."""
+    if environ.get("JELLYFIN_WATCHER_CONFIG"):
+        return Path(environ["JELLYFIN_WATCHER_CONFIG"])
+    candidates = (
+        Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.toml",
+        Path("/etc") / APP_NAME / "config.toml",
+    )
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def load(
+    config_file: Path | None,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> Config:
+    """Build the effective configuration.
+
+    ``flags`` holds the command-line values that were given (absent or None: not given):
+    ``url``, ``api_key_file``, ``roots`` (list of str), ``quiet_period``, ``max_wait``,
+    ``probe_timeout``, ``state_dir``, ``dry_run``, ``log_level``.
+
+    Raises ConfigError naming the file and key for anything malformed, unknown or unreadable.
+    """
+    data: dict[str, Any] = {}
+    where = "configuration"
+    if config_file is not None:
+        where = str(config_file)
+        data = _read_toml(config_file)
+    _check_keys(data, _TOP_KEYS, where, "")
+    jellyfin = _table(data, "jellyfin", where)
+    watch = _table(data, "watch", where)
+    _check_keys(jellyfin, _JELLYFIN_KEYS, where, "jellyfin.")
+    _check_keys(watch, _WATCH_KEYS, where, "watch.")
+
+    def pick(flag: str, env: str | None, table: Mapping[str, Any], key: str) -> tuple[Any, str]:
+        if flags.get(flag) is not None:
+            return flags[flag], f"--{flag.replace('_', '-')}"
+        if env is not None and environ.get(env):
+            return environ[env], env
+        if key in table:
+            return table[key], f"{where}: {_qualified(table, data, key)}"
+        return None, ""
+
+    url_value, url_source = pick("url", "JELLYFIN_URL", jellyfin, "url")
+    url = None if url_value is None else _url(url_value, url_source)
+
+    roots = _roots(flags.get("roots") or (), data.get("roots"), where)
+
+    ignore_extra = _string_list(watch.get("ignore", []), f"{where}: watch.ignore")
+    default_ignore = _bool(watch.get("default_ignore", True), f"{where}: watch.default_ignore")
+    ignore = (DEFAULT_IGNORE if default_ignore else ()) + ignore_extra
+
+    def seconds(flag: str, key: str, default: float, minimum: float = 0.0) -> float:
+        value, source = pick(flag, None, watch, key)
+        if value is None:
+            return default
+        return _seconds(value, source, minimum)
+
+    quiet_period = seconds("quiet_period", "quiet_period", DEFAULT_QUIET_PERIOD)
+    max_wait = seconds("max_wait", "max_wait", DEFAULT_MAX_WAIT)
+    probe_timeout = seconds("probe_timeout", "probe_timeout", DEFAULT_PROBE_TIMEOUT, minimum=0.1)
+    backoff_max = seconds("backoff_max", "backoff_max", DEFAULT_BACKOFF_MAX, minimum=1.0)
+    request_timeout = DEFAULT_REQUEST_TIMEOUT
+    if "timeout" in jellyfin:
+        request_timeout = _seconds(jellyfin["timeout"], f"{where}: jellyfin.timeout", 1.0)
+
+    state_value, state_source = pick("state_dir", None, data, "state_dir")
+    if state_value is None:
+        state_dir = default_state_dir(environ)
+    else:
+        state_dir = Path(_string(state_value, state_source)).expanduser()
+
+    dry_value, dry_source = pick("dry_run", None, data, "dry_run")
+    dry_run = bool(dry_value) if dry_source.startswith("--") else _bool(dry_value or False, dry_source)
+
+    level_value, level_source = pick("log_level", None, data, "log_level")
+    log_level = DEFAULT_LOG_LEVEL
+    if level_value is not None:
+        log_level = _string(level_value, level_source).lower()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"{level_source}: expected one of {', '.join(LOG_LEVELS)}, got {level_value!r}")
+
+    return Config(
+        url=url,
+        api_key=_api_key(flags, environ, jellyfin, where),
+        roots=roots,
+        quiet_period=quiet_period,
+        max_wait=max_wait,
+        probe_timeout=probe_timeout,
+        request_timeout=request_timeout,
+        backoff_max=backoff_max,
+        ignore=ignore,
+        state_dir=state_dir,
+        dry_run=dry_run,
+        log_level=log_level,
+        config_file=config_file,
+    )
+
+
+# --- Helpers -------------------------------------------------------------------------------
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found (check --config)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied reading the configuration file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML configuration file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the configuration file: {error}") from None
+
+
+def _check_keys(table: Mapping[str, Any], known: set[str], where: str, prefix: str) -> None:
+    unknown = sorted(set(table) - known)
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        described.append(f"{prefix}{key}{hint}")
+    plural = "s" if len(unknown) > 1 else ""
+    raise ConfigError(f"{where}: unknown key{plural} {', '.join(described)}; known: {', '.join(prefix + k for k in sorted(known))}")
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {key}: expected a table [{key}], got {_type_name(value)}")
+    return value
+
+
+def _qualified(table: Mapping[str, Any], data: Mapping[str, Any], key: str) -> str:
+    for section in ("jellyfin", "watch"):
+        if table is data.get(section):
+            return f"{section}.{key}"
+    return key
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _seconds(value: Any, source: str, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {_type_name(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {value!r}") from None
+    if not number >= minimum or number == float("inf"):
+        raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {value!r}")
+    return number
+
+
+def _bool(value: Any, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: expected true or false, got {value!r}")
+    return value
+
+
+def _string(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: expected a non-empty string, got {_type_name(value)}")
+    return value
+
+
+def _string_list(value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{source}: expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _url(value: Any, source: str) -> str:
+    text = _string(value, source).strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"{source}: expected an http:// or https:// URL such as http://localhost:8096, got {text!r}"
+        )
+    return text.rstrip("/")
+
+
+def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root, ...]:
+    if from_flags:
+        return tuple(Root(Path(os.path.abspath(os.path.expanduser(path)))) for path in from_flags)
+    if from_file is None:
+        return ()
+    if not isinstance(from_file, list):
+        raise ConfigError(f"{where}: roots: expected [[roots]] tables with path = \"...\", got {_type_name(from_file)}")
+    roots = []
+    for index, entry in enumerate(from_file, start=1):
+        source = f"{where}: roots[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: expected a table with path = \"...\", got {_type_name(entry)}")
+        _check_keys(entry, _ROOT_KEYS, where, f"roots[{index}].")
+        if "path" not in entry:
+            raise ConfigError(f"{source}: missing key path (the library folder to watch)")
+        path = Path(_string(entry["path"], f"{source}.path")).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(f"{source}.path: expected an absolute path, got {str(path)!r}")
+        mount = None
+        if "mount" in entry:
+            mount = Path(_string(entry["mount"], f"{source}.mount")).expanduser()
+            if not mount.is_absolute():
+                raise ConfigError(f"{source}.mount: expected an absolute path, got {str(mount)!r}")
+            if not path.is_relative_to(mount):
+                raise ConfigError(f"{source}.mount: {mount} does not contain the root {path}")
+        roots.append(Root(Path(os.path.normpath(path)), None if mount is None else Path(os.path.normpath(mount))))
+    return tuple(roots)
+
+
+def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Mapping[str, Any], where: str) -> Secret | None:
+    """The API key: --api-key-file, $JELLYFIN_API_KEY, $JELLYFIN_API_KEY_FILE, the systemd
+    credential, then jellyfin.api_key_file / jellyfin.api_key in the file."""
+    if flags.get("api_key_file"):
+        return _read_key_file(Path(flags["api_key_file"]), "--api-key-file")
+    if environ.get("JELLYFIN_API_KEY"):
+        return Secret(environ["JELLYFIN_API_KEY"].strip())
+    if environ.get("JELLYFIN_API_KEY_FILE"):
+        return _read_key_file(Path(environ["JELLYFIN_API_KEY_FILE"]), "JELLYFIN_API_KEY_FILE")
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
+        return _read_key_file(Path(credentials) / CREDENTIAL_NAME, "systemd credential")
+    if "api_key_file" in jellyfin and "api_key" in jellyfin:
+        raise ConfigError(f"{where}: jellyfin.api_key and jellyfin.api_key_file are both set; keep one")
+    if "api_key_file" in jellyfin:
+        source = f"{where}: jellyfin.api_key_file"
+        return _read_key_file(Path(_string(jellyfin["api_key_file"], source)).expanduser(), source)
+    if "api_key" in jellyfin:
+        value = jellyfin["api_key"]
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: jellyfin.api_key: expected the API key as a non-empty string")
+        return Secret(value.strip())
+    return None
+
+
+def _read_key_file(path: Path, source: str) -> Secret:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: API key file {path} not found") from None
+    except PermissionError:
+        raise ConfigError(f"{source}: permission denied reading the API key file {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: {path} is a directory, expected a file holding the API key") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: cannot read the API key file {path}: {error.__class__.__name__}") from None
+    if not text:
+        raise ConfigError(f"{source}: the API key file {path} is empty")
+    return Secret(text)

@@ -1,0 +1,125 @@
+"""What the watcher remembers across restarts, in ``<state dir>/state.json``.
+
+* the mount point each root was last seen healthy on, so that a watcher restarted while a
+  USB disk is away does not learn ``/`` as the disk's mount point;
+* the pending batch (roots and change count), so that changes owed a refresh when the
+  process stopped or crashed are refreshed after a restart, through the health gate.
+
+Written atomically (temporary file, fsync, rename, fsync of the folder): a crash leaves the
+old file or the new one, never half of one. A corrupt or unreadable file is reported and
+replaced, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(slots=True)
+class PendingChanges:
+    """A batch owed a refresh, as persisted: root paths and a change count."""
+
+    roots: list[str]
+    changes: int
+
+
+@dataclass(slots=True)
+class SavedState:
+    mounts: dict[str, str] = field(default_factory=dict)
+    pending: PendingChanges | None = None
+
+
+class StateStore:
+    """Reads and writes :class:`SavedState` in ``directory``.
+
+    The directory is created (mode 0700) on the first save. Errors writing are logged once
+    per distinct message and otherwise ignored: losing the state file must not stop the
+    watcher.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / STATE_FILE
+        self._last_error = ""
+
+    def load(self) -> SavedState:
+        """The saved state; an empty one if there is none or it cannot be used."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return SavedState()
+        except (OSError, UnicodeDecodeError) as error:
+            logger.error("cannot read the state file %s (%s); starting from an empty state", self.path, error)
+            return SavedState()
+        try:
+            return _decode(json.loads(text))
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            logger.error(
+                "the state file %s is corrupt (%s); it will be replaced. Remembered mount points are lost: "
+                "configure mount = \"...\" for roots on removable disks",
+                self.path,
+                error,
+            )
+            return SavedState()
+
+    def save(self, state: SavedState) -> bool:
+        """Write ``state`` atomically; False (and an ERROR line) if it could not be written."""
+        data = {
+            "version": FORMAT_VERSION,
+            "mounts": state.mounts,
+            "pending": None if state.pending is None else {"roots": state.pending.roots, "changes": state.pending.changes},
+        }
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor, temporary = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
+            try:
+                with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                    json.dump(data, file, indent=1, sort_keys=True)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, self.path)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+            directory_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(directory_fd)
+            finally:
+                os.close(directory_fd)
+        except OSError as error:
+            message = f"cannot write the state file {self.path}: {error.strerror or error}; check --state-dir"
+            if message != self._last_error:
+                logger.error("%s", message)
+                self._last_error = message
+            return False
+        self._last_error = ""
+        return True
+
+
+def _decode(data: Any) -> SavedState:
+    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+        raise ValueError(f"expected a JSON object with version {FORMAT_VERSION}")
+    mounts = data.get("mounts") or {}
+    if not isinstance(mounts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mounts.items()):
+        raise ValueError("mounts: expected an object of strings")
+    pending = data.get("pending")
+    saved = SavedState(mounts=dict(mounts))
+    if pending is not None:
+        roots = pending["roots"]
+        changes = pending["changes"]
+        if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots) or not isinstance(changes, int):
+            raise ValueError("pending: expected roots (list of strings) and changes (number)")
+        if changes > 0:
+            saved.pending = PendingChanges(roots=list(roots), changes=changes)
+    return saved

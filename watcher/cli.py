@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--api-key", dest="api_key_before_command", metavar="KEY", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     commands.add_parser("run", parents=[common], allow_abbrev=False, help="watch the roots and refresh Jellyfin when they change (the daemon)")
     commands.add_parser("check", parents=[common], allow_abbrev=False, help="print each root's health; exit 0 if all are healthy, 1 if not")
@@ -69,8 +70,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the command line; returns the exit code."""
     environ = os.environ if environ is None else environ
     try:
-        arguments = _parser().parse_args(argv)
-        if arguments.api_key_on_command_line is not None:
+        try:
+            arguments = _parser().parse_args(argv)
+        except SystemExit as exit:  # --help and --version
+            return exit.code if isinstance(exit.code, int) else EXIT_OK
+        if arguments.api_key_on_command_line is not None or arguments.api_key_before_command is not None:
             raise ConfigError(
                 "--api-key is not accepted: a key on the command line shows in ps and shell history; "
                 "use JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file"
@@ -81,13 +85,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         command = {"run": _run, "check": _check, "refresh": _refresh}[arguments.command]
         return command(config)
     except ConfigError as error:
-        print(f"jellyfin-watcher: error: {error}", file=sys.stderr)
+        _print_error(error)
         return EXIT_CONFIG
     except JellyfinError as error:
-        print(f"jellyfin-watcher: error: {error}", file=sys.stderr)
+        _print_error(error)
         return EXIT_SERVER
     except KeyboardInterrupt:
         return 130
+
+
+def _print_error(error: Exception) -> None:
+    """One line on stderr, whatever the message holds (a path may contain a newline)."""
+    line = " ".join(str(error).splitlines())
+    print(f"jellyfin-watcher: error: {line}", file=sys.stderr)
 
 
 def _flags(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +118,9 @@ def _configure_logging(level: str, environ: Mapping[str, str]) -> None:
     # journald stamps every line itself.
     fmt = "%(levelname)s %(message)s" if environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3 logs each of its quick retries (jellyfin.TRANSIENT_RETRY) as a WARNING with its
+    # internals; the failure that matters is reported once, by us, when the retries run out.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 def _client(config: Config, needed_for: str) -> JellyfinClient:

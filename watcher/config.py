@@ -304,7 +304,8 @@ def _check_keys(table: Mapping[str, Any], known: set[str], where: str, prefix: s
     for key in unknown:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-        described.append(f"{prefix}{key}{hint}")
+        name = f"{prefix}{key}" if key.isprintable() else repr(f"{prefix}{key}")
+        described.append(f"{name}{hint}")
     plural = "s" if len(unknown) > 1 else ""
     raise ConfigError(f"{where}: unknown key{plural} {', '.join(described)}; known: {', '.join(prefix + k for k in sorted(known))}")
 
@@ -384,17 +385,17 @@ def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root,
         _check_keys(entry, _ROOT_KEYS, where, f"roots[{index}].")
         if "path" not in entry:
             raise ConfigError(f"{source}: missing key path (the library folder to watch)")
-        path = Path(_string(entry["path"], f"{source}.path")).expanduser()
+        path = Path(os.path.normpath(Path(_string(entry["path"], f"{source}.path")).expanduser()))
         if not path.is_absolute():
             raise ConfigError(f"{source}.path: expected an absolute path, got {str(path)!r}")
         mount = None
         if "mount" in entry:
-            mount = Path(_string(entry["mount"], f"{source}.mount")).expanduser()
+            mount = Path(os.path.normpath(Path(_string(entry["mount"], f"{source}.mount")).expanduser()))
             if not mount.is_absolute():
                 raise ConfigError(f"{source}.mount: expected an absolute path, got {str(mount)!r}")
             if not path.is_relative_to(mount):
                 raise ConfigError(f"{source}.mount: {mount} does not contain the root {path}")
-        roots.append(Root(Path(os.path.normpath(path)), None if mount is None else Path(os.path.normpath(mount))))
+        roots.append(Root(path, mount))
     return tuple(roots)
 
 
@@ -404,7 +405,10 @@ def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Map
     if flags.get("api_key_file"):
         return _read_key_file(Path(flags["api_key_file"]), "--api-key-file")
     if environ.get("JELLYFIN_API_KEY"):
-        return Secret(environ["JELLYFIN_API_KEY"].strip())
+        value = environ["JELLYFIN_API_KEY"].strip()
+        if not value:
+            raise ConfigError("JELLYFIN_API_KEY: set but blank; expected the API key, or unset it")
+        return Secret(value)
     if environ.get("JELLYFIN_API_KEY_FILE"):
         return _read_key_file(Path(environ["JELLYFIN_API_KEY_FILE"]), "JELLYFIN_API_KEY_FILE")
     credentials = environ.get("CREDENTIALS_DIRECTORY")
@@ -427,6 +431,9 @@ def _read_key_file(path: Path, source: str) -> Secret:
     try:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
+        if _looks_like_a_key(str(path)):
+            # Someone gave the key itself where a file name belongs: do not echo it.
+            raise ConfigError(f"{source}: expects the name of a file holding the API key, not the key itself") from None
         raise ConfigError(f"{source}: API key file {path} not found") from None
     except PermissionError:
         raise ConfigError(f"{source}: permission denied reading the API key file {path}") from None
@@ -437,3 +444,8 @@ def _read_key_file(path: Path, source: str) -> Secret:
     if not text:
         raise ConfigError(f"{source}: the API key file {path} is empty")
     return Secret(text)
+
+
+def _looks_like_a_key(text: str) -> bool:
+    """Jellyfin API keys are 32 hex digits."""
+    return len(text) == 32 and all(character in "0123456789abcdefABCDEF" for character in text)

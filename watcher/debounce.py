@@ -46,7 +46,7 @@ class Debouncer:
     """
 
     def __init__(self, quiet_period: float, max_wait: float) -> None:
-        if quiet_period < 0 or max_wait < 0:
+        if not (quiet_period >= 0 and max_wait >= 0):
             raise ValueError("quiet_period and max_wait must be ≥ 0 seconds")
         self.quiet_period = quiet_period
         self.max_wait = max_wait

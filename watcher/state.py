@@ -64,7 +64,7 @@ class StateStore:
             return SavedState()
         try:
             return _decode(json.loads(text))
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
             logger.error(
                 "the state file %s is corrupt (%s); it will be replaced. Remembered mount points are lost: "
                 "configure mount = \"...\" for roots on removable disks",

@@ -1,0 +1,38 @@
+"""The README is part of the product: its commands and its key table must match the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from watcher import config
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+README = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+
+
+def _shell_blocks() -> list[str]:
+    return [block.strip() for block in re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)]
+
+
+def test_readme_starts_with_the_run_and_the_test_command() -> None:
+    run_command, test_command = _shell_blocks()[:2]
+    assert "jellyfin-watcher run --dry-run" in run_command
+    assert "pytest" in test_command
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    test_command = _shell_blocks()[1]
+    ci_lines = (REPOSITORY / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test_command in ci_lines
+
+
+def test_every_configuration_key_is_documented() -> None:
+    documented = set(re.findall(r"^\| `([a-z_.\[\] ]+)`", README, flags=re.MULTILINE))
+    keys = (
+        {f"jellyfin.{key}" for key in config._JELLYFIN_KEYS}
+        | {f"watch.{key}" for key in config._WATCH_KEYS}
+        | {f"[[roots]] {key}" for key in config._ROOT_KEYS}
+        | (config._TOP_KEYS - {"jellyfin", "watch", "roots"})
+    )
+    assert keys - documented == set()

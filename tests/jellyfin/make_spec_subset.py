@@ -4,8 +4,9 @@ Usage (from the repository root)::
 
     python tests/jellyfin/make_spec_subset.py [SOURCE]
 
-``SOURCE`` defaults to ``../shared/jellyfin/openapi.json`` (the Jellyfin 10.11.11 spec, see
-``tests/jellyfin/SOURCE.md``). The output keeps, unchanged:
+``SOURCE`` (relative to the current directory) defaults to ``../shared/jellyfin/openapi.json``
+relative to the repository root: the Jellyfin 10.11.11 spec, see ``tests/jellyfin/SOURCE.md``.
+The output keeps, unchanged:
 
 - ``openapi``, ``info``, ``servers`` and ``components.securitySchemes``;
 - the operations in :data:`OPERATIONS`, and every ``components.schemas`` entry they reference,
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SOURCE = Path("../shared/jellyfin/openapi.json")
+DEFAULT_SOURCE = Path("../shared/jellyfin/openapi.json")  # relative to REPO_ROOT
 OUTPUT = Path(__file__).resolve().parent / "openapi-subset.json"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
@@ -94,7 +95,7 @@ def make_subset(spec: dict[str, Any], sha256: str, source_name: str) -> dict[str
         path_item = spec["paths"][path]
         subset_item = paths.setdefault(path, {})
         subset_item[method] = path_item[method]
-        # Path-level keys (shared parameters, summary...) apply to every operation.
+        # Path-level keys (shared parameters, summary...) apply to every operation; 10.11.11 has none.
         for key, value in path_item.items():
             if key not in HTTP_METHODS:
                 subset_item[key] = value
@@ -134,19 +135,26 @@ def make_subset(spec: dict[str, Any], sha256: str, source_name: str) -> dict[str
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Read the spec named in ``argv[0]`` (or the default), write :data:`OUTPUT`; return 0."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    source = Path(arguments[0]) if arguments else DEFAULT_SOURCE
-    if not source.is_absolute():
-        source = REPO_ROOT / source
+def render(source: Path) -> str:
+    """The text of ``openapi-subset.json`` made from the spec at ``source``.
+
+    Raises:
+        OSError: ``source`` cannot be read.
+        ValueError: it is not JSON.
+        KeyError: an operation of :data:`OPERATIONS` is missing from it.
+    """
     raw = source.read_bytes()
-    spec = json.loads(raw)
     source_name = Path(os.path.relpath(source.resolve(), REPO_ROOT)).as_posix()
-    subset = make_subset(spec, hashlib.sha256(raw).hexdigest(), source_name)
-    OUTPUT.write_text(json.dumps(subset, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{OUTPUT.relative_to(REPO_ROOT)}: {len(OPERATIONS)} operations, "
-          f"{len(subset['components'].get('schemas', {}))} schemas, {len(subset['x-all-paths'])} paths")
+    subset = make_subset(json.loads(raw), hashlib.sha256(raw).hexdigest(), source_name)
+    return json.dumps(subset, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Read the spec named in ``argv[0]`` (default :data:`DEFAULT_SOURCE`), write :data:`OUTPUT`; return 0."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    source = Path(arguments[0]) if arguments else REPO_ROOT / DEFAULT_SOURCE
+    OUTPUT.write_text(render(source), encoding="utf-8")
+    print(f"wrote {OUTPUT.relative_to(REPO_ROOT)} from {source}")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Jellyfin API emulator for tests: ``tests.jellyfin.emulator``."""

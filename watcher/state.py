@@ -81,22 +81,7 @@ class StateStore:
             "pending": None if state.pending is None else {"roots": state.pending.roots, "changes": state.pending.changes},
         }
         try:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            descriptor, temporary = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=self.directory)
-            try:
-                with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-                    json.dump(data, file, indent=1, sort_keys=True)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
-            directory_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory_fd)
-            finally:
-                os.close(directory_fd)
+            atomic_write_json(self.path, data)
         except OSError as error:
             message = f"cannot write the state file {self.path}: {error.strerror or error}; check --state-dir"
             if message != self._last_error:
@@ -105,6 +90,30 @@ class StateStore:
             return False
         self._last_error = ""
         return True
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new one.
+
+    Temporary file in the same folder, fsync, rename over ``path``, fsync of the folder
+    (creating the folder, mode 0700, if needed). Raises OSError.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=1, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    directory_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
 
 
 def _decode(data: Any) -> SavedState:

@@ -111,15 +111,27 @@ class RootWatcher:
         self._observer.daemon = True
         self._watches: dict[str, ObservedWatch] = {}
         self._overflow = _OverflowHandler(queue)
+        self._saved_level: int | None = None
 
     def start(self) -> None:
-        logging.getLogger(INOTIFY_LOGGER).addHandler(self._overflow)
+        inotify_logger = logging.getLogger(INOTIFY_LOGGER)
+        inotify_logger.addHandler(self._overflow)
+        # The overflow is only seen as a WARNING record: with a higher log level
+        # (--log-level error) the logger would not even create it and lost events would go
+        # unnoticed. The level is restored in stop().
+        if not inotify_logger.isEnabledFor(logging.WARNING):
+            self._saved_level = inotify_logger.level
+            inotify_logger.setLevel(logging.WARNING)
         self._observer.start()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the observer; waits at most ``timeout`` seconds (a thread stuck on a hung
         mount is left behind: it is a daemon thread)."""
-        logging.getLogger(INOTIFY_LOGGER).removeHandler(self._overflow)
+        inotify_logger = logging.getLogger(INOTIFY_LOGGER)
+        inotify_logger.removeHandler(self._overflow)
+        if self._saved_level is not None:
+            inotify_logger.setLevel(self._saved_level)
+            self._saved_level = None
         self._observer.stop()
         self._observer.join(timeout)
 

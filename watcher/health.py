@@ -29,12 +29,13 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from watcher.config import Root
+from watcher.mounts import mount_ids
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class Health:
     device: int | None = None
     inode: int | None = None
     is_file: bool = False
+    mounts: tuple[tuple[str, int], ...] = ()
+    """The mount point the root lives on and every mount point below it, each with its
+    kernel mount ID (0 where unknown): a change means the watches on it died."""
 
     @property
     def healthy(self) -> bool:
@@ -134,6 +138,7 @@ def probe_roots(
     expected_mounts: Mapping[Path, Path],
     timeout: float,
     stop: threading.Event | None = None,
+    expected_below: Mapping[Path, Sequence[str]] | None = None,
 ) -> list[Health]:
     """Check every root; one :class:`Health` per root, in order.
 
@@ -141,6 +146,8 @@ def probe_roots(
     configured ``mount``, else the one recorded when it was last healthy); a root with
     neither is checked only for existence, readability and entries. ``timeout`` (seconds)
     bounds the whole probe: a root whose answer is not in by then is ``unresponsive``.
+    ``expected_below`` maps a root's path to the mount points below it that must be
+    mounted (a disk mounted inside a library folder: Jellyfin would drop its items).
     ``stop``, when set, cuts the wait short (roots not answered count as unresponsive).
     Never raises for a filesystem problem; never blocks longer than ``timeout``.
     """
@@ -148,12 +155,36 @@ def probe_roots(
         return []
     answers = _run_probe([str(root.path) for root in roots], timeout, stop)
     mounts = mount_table()
+    ids = mount_ids()
     results = []
     for index, root in enumerate(roots):
         answer = answers.get(index)
         expected = root.mount or expected_mounts.get(root.path)
-        results.append(_judge(root, answer, expected, mounts, timeout))
+        health = _judge(root, answer, expected, mounts, timeout)
+        if answer is not None and health.mount_point is not None:
+            real = str(answer.get("real") or root.path)
+            below = mounts_below(real, mounts)
+            health = replace(health, mounts=tuple((point, ids.get(point, 0)) for point in [str(health.mount_point), *below]))
+            gone = [point for point in (expected_below or {}).get(root.path, ()) if point not in mounts]
+            if gone and health.state in (State.HEALTHY, State.EMPTY):
+                health = replace(
+                    health,
+                    state=State.UNMOUNTED,
+                    reason=f"{_list_paths(gone)} mounted below it {'is' if len(gone) == 1 else 'are'} not mounted: "
+                    "is the disk or share there? (if it was removed on purpose: jellyfin-watcher check --relearn)",
+                )
+        results.append(health)
     return results
+
+
+def mounts_below(real_path: str, mounts: Mapping[str, tuple[str, str]]) -> list[str]:
+    """Mount points strictly inside ``real_path``, sorted."""
+    prefix = real_path.rstrip("/") + "/"
+    return sorted(point for point in mounts if point.startswith(prefix))
+
+
+def _list_paths(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def mount_table() -> dict[str, tuple[str, str]]:
@@ -194,66 +225,82 @@ def _judge(
         )
     real = str(answer.get("real") or root.path)
     mount_point = mount_point_of(real, mounts)
-    fstype = mounts.get(mount_point, ("", ""))[1] or None
-    common = {"mount_point": Path(mount_point), "fstype": fstype}
-    device = answer.get("dev")
-    inode = answer.get("ino")
-    if isinstance(device, int) and isinstance(inode, int):
-        common |= {"device": device, "inode": inode}
-    if expected is not None and Path(mount_point) != expected:
-        return Health(
-            root,
-            State.UNMOUNTED,
-            f"it lives on {mount_point} instead of the mount point {expected}: is the disk or share mounted?",
-            **common,  # type: ignore[arg-type]
-        )
+    device, inode = answer.get("dev"), answer.get("ino")
+    found = Health(
+        root,
+        State.HEALTHY,
+        mount_point=Path(mount_point),
+        fstype=mounts.get(mount_point, ("", ""))[1] or None,
+        device=device if isinstance(device, int) else None,
+        inode=inode if isinstance(inode, int) else None,
+    )
     kind = answer.get("kind")
+    if expected is not None and Path(mount_point) != expected:
+        return replace(
+            found,
+            state=State.UNMOUNTED,
+            reason=f"it lives on {mount_point} instead of the mount point {expected}: is the disk or share mounted?",
+        )
     if kind == "absent":
-        return Health(root, State.MISSING, "no such folder", **common)  # type: ignore[arg-type]
+        return replace(found, state=State.MISSING, reason="no such folder")
     if kind == "file":
-        return Health(root, State.MISSING, "it is a file, not a folder", is_file=True, **common)  # type: ignore[arg-type]
+        return replace(found, state=State.MISSING, reason="it is a file, not a folder", is_file=True)
     if kind == "denied":
-        return Health(root, State.UNREADABLE, "permission denied", **common)  # type: ignore[arg-type]
+        return replace(found, state=State.UNREADABLE, reason="permission denied")
     if kind == "error":
         number = answer.get("errno")
         hint = _ERRNO_HINTS.get(number) if isinstance(number, int) else None
-        return Health(root, State.UNREADABLE, hint or str(answer.get("error")), **common)  # type: ignore[arg-type]
+        return replace(found, state=State.UNREADABLE, reason=hint or str(answer.get("error")))
     if answer.get("empty"):
-        return Health(root, State.EMPTY, "it has no entries: a bare mount point left by a failed mount?", **common)  # type: ignore[arg-type]
-    return Health(root, State.HEALTHY, "", **common)  # type: ignore[arg-type]
+        return replace(found, state=State.EMPTY, reason="it has no entries: a bare mount point left by a failed mount?")
+    return found
 
 
 def _run_probe(paths: list[str], timeout: float, stop: threading.Event | None) -> dict[int, dict[str, object]]:
     """Run the probe child; return the answers that arrived before the deadline, by index."""
+    lines, _ = run_child(_PROBE_PROGRAM, paths, timeout, stop)
+    return {int(line.pop("index")): line for line in lines}  # type: ignore[call-overload]
+
+
+def run_child(
+    program: str, arguments: Sequence[str], timeout: float, stop: threading.Event | None
+) -> tuple[list[dict[str, object]], bool]:
+    """Run ``program`` (Python source, standard library only) in a child process.
+
+    The child writes one JSON object per line on stdout. Returns the objects that arrived
+    within ``timeout`` seconds, and whether the child finished by then. A child still
+    running at the deadline (or when ``stop`` is set) is killed with SIGKILL; one stuck in
+    the kernel on a hung mount is reaped later. Never blocks longer than ``timeout`` + 0.2 s.
+    """
     _reap()
     process = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _PROBE_PROGRAM, *paths],
+        [sys.executable, "-I", "-S", "-c", program, *arguments],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         close_fds=True,
     )
     assert process.stdout is not None
-    answers: dict[int, dict[str, object]] = {}
+    lines: list[dict[str, object]] = []
     buffer = b""
+    finished = False
     deadline = time.monotonic() + timeout
     fd = process.stdout.fileno()
     try:
-        while len(answers) < len(paths):
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (stop is not None and stop.is_set()):
                 break
             readable, _, _ = select.select([fd], [], [], min(remaining, 0.1))
             if not readable:
                 continue
-            chunk = os.read(fd, 65536)
+            chunk = os.read(fd, 1 << 20)
             if not chunk:
+                finished = True
                 break
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                answer = json.loads(line)
-                answers[int(answer.pop("index"))] = answer
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(json.loads(line) for line in complete)
     finally:
         process.stdout.close()
         if process.poll() is None:
@@ -261,10 +308,10 @@ def _run_probe(paths: list[str], timeout: float, stop: threading.Event | None) -
         try:
             process.wait(timeout=0.2)
         except subprocess.TimeoutExpired:
-            # Still in the kernel (a hung mount); reap it on a later probe.
+            # Still in the kernel (a hung mount); reap it on a later run.
             with _unreaped_lock:
                 _unreaped.append(process)
-    return answers
+    return lines, finished
 
 
 def _reap() -> None:

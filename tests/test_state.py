@@ -91,6 +91,7 @@ def test_file_format(store: StateStore) -> None:
     assert data == {
         "version": FORMAT_VERSION,
         "mounts": {"/mnt/usb/movies": "/mnt/usb", "/srv/shows": "/"},
+        "below": {},
         "pending": {"roots": ["/mnt/usb/movies", "/srv/shows"], "changes": 42},
     }
     assert store.path == store.directory / STATE_FILE

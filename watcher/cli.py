@@ -8,21 +8,26 @@ configures logging.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from watcher import __version__
-from watcher.config import LOG_LEVELS, Config, Root, default_config_file, load
+from pythonjsonlogger.json import JsonFormatter
+
+from watcher import status as status_file
+from watcher.config import LOG_FORMATS, LOG_LEVELS, Config, Root, default_config_file, load
 from watcher.errors import ConfigError, JellyfinError
 from watcher.health import Health, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.service import SCAN_RUNNING_RECHECK, Service
+from watcher.notify import Notifier
 from watcher.state import StateStore
 
 logger = logging.getLogger("watcher")
@@ -51,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--state-dir", metavar="DIR", help="where state is kept (default: per-user state dir; /var/lib/jellyfin-watcher for root)")
     common.add_argument("--dry-run", action="store_true", default=None, help="never contact Jellyfin; log the refresh that would be sent")
     common.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
+    common.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json, one object per line")
 
     parser = _Parser(
         prog="jellyfin-watcher",
@@ -63,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", parents=[common], allow_abbrev=False, help="watch the roots and refresh Jellyfin when they change (the daemon)")
     commands.add_parser("check", parents=[common], allow_abbrev=False, help="print each root's health; exit 0 if all are healthy, 1 if not")
     commands.add_parser("refresh", parents=[common], allow_abbrev=False, help="refresh once if every root is healthy (for cron); exit 0 refreshed, 1 suppressed")
+    status = commands.add_parser("status", parents=[common], allow_abbrev=False, help="show the running daemon's state; exit 0 healthy, 1 unhealthy or held back, 3 not running")
+    status.add_argument("--json", action="store_true", help="print the status file as JSON")
+    status.add_argument("--quiet", action="store_true", help="print nothing; exit code only (container health checks)")
+    configuration = commands.add_parser("config", parents=[common], allow_abbrev=False, help="show the effective configuration")
+    configuration.add_argument("--print", action="store_true", required=True, help="print the effective configuration, API key masked")
     return parser
 
 
@@ -79,10 +90,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 "--api-key is not accepted: a key on the command line shows in ps and shell history; "
                 "use JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file"
             )
-        config_file = Path(arguments.config) if arguments.config else default_config_file(environ)
-        config = load(config_file, _flags(arguments), environ)
-        _configure_logging(config.log_level, environ)
-        command = {"run": _run, "check": _check, "refresh": _refresh}[arguments.command]
+        config = _load(arguments, environ)
+        _configure_logging(config.log_level, config.log_format, environ)
+        if arguments.command == "status":
+            return _status(config, as_json=arguments.json, quiet=arguments.quiet)
+        if arguments.command == "run":
+            return _run(config, reload=lambda: _reload(arguments, environ))
+        command = {"check": _check, "refresh": _refresh, "config": _print_config}[arguments.command]
         return command(config)
     except ConfigError as error:
         _print_error(error)
@@ -111,13 +125,41 @@ def _flags(arguments: argparse.Namespace) -> dict[str, Any]:
         "state_dir": arguments.state_dir,
         "dry_run": arguments.dry_run,
         "log_level": arguments.log_level,
+        "log_format": arguments.log_format,
     }
 
 
-def _configure_logging(level: str, environ: Mapping[str, str]) -> None:
-    # journald stamps every line itself.
-    fmt = "%(levelname)s %(message)s" if environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+def _load(arguments: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    config_file = Path(arguments.config) if arguments.config else default_config_file(environ)
+    return load(config_file, _flags(arguments), environ)
+
+
+def _reload(arguments: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Config, JellyfinClient | None]:
+    """SIGHUP: the same command line and environment, the configuration file read again."""
+    config = _load(arguments, environ)
+    return config, None if config.dry_run else _client(config, "to refresh")
+
+
+def _configure_logging(level: str, log_format: str, environ: Mapping[str, str]) -> None:
+    """Log to stderr; no timestamps of our own under systemd (journald stamps each line).
+
+    JSON lines carry ``time`` (omitted under journald), ``level``, ``logger``, ``message``.
+    """
+    journald = bool(environ.get("JOURNAL_STREAM"))
+    handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
+    if log_format == "json":
+        fields = "{levelname}{name}{message}" if journald else "{asctime}{levelname}{name}{message}"
+        formatter = JsonFormatter(
+            fields,
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+        )
+    else:
+        formatter = logging.Formatter("%(levelname)s %(message)s" if journald else "%(asctime)s %(levelname)s %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # urllib3 logs each of its quick retries (jellyfin.TRANSIENT_RETRY) as a WARNING with its
     # internals; the failure that matters is reported once, by us, when the retries run out.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -223,7 +265,7 @@ def _learn_mounts(config: Config, results: Sequence[Health]) -> None:
         store.save(saved)
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, reload: Callable[[], tuple[Config, JellyfinClient | None]] | None = None) -> int:
     client = None if config.dry_run else _client(config, "to refresh")
     if config.roots:
         _probe(config, config.roots)
@@ -231,22 +273,80 @@ def _run(config: Config) -> int:
         _resolve_roots(config, client)  # raises: nothing to watch
     if config.dry_run:
         logger.info("dry run: Jellyfin is never contacted")
+    holder = {"client": client}
+
+    def reloaded() -> tuple[Config, JellyfinClient | None]:
+        assert reload is not None
+        new_config, new_client = reload()
+        holder["client"] = new_client
+        return new_config, new_client
+
+    notifier = Notifier(os.environ)
     service = Service(
         config,
-        resolve_roots=lambda: _resolve_roots(config, client),
+        resolve_roots=lambda current: _resolve_roots(current, holder["client"]),
         client=client,
         store=StateStore(config.state_dir),
+        reload=reloaded if reload is not None else None,
+        notifier=notifier,
     )
 
     def stop(signum: int, frame: object) -> None:
         service.request_stop()
 
+    def hangup(signum: int, frame: object) -> None:
+        service.request_reload()
+
     previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
     try:
         service.run()
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if client is not None:
-            client.close()
+        notifier.close()
+        if holder["client"] is not None:
+            holder["client"].close()
+    return EXIT_OK
+
+
+def _status(config: Config, as_json: bool, quiet: bool) -> int:
+    document = status_file.read(config.state_dir)
+    if document is None or not status_file.daemon_running(document):
+        if not quiet:
+            where = config.state_dir / status_file.STATUS_FILE
+            if document is None:
+                print(f"not running: no status file at {where} (is the daemon using --state-dir {config.state_dir}?)")
+            else:
+                print(f"not running: pid {document.get('pid')} is gone; status file {where} is stale")
+        return EXIT_SERVER
+    if as_json and not quiet:
+        print(json.dumps(document, indent=1, sort_keys=True))
+    elif not quiet:
+        print(status_file.render(document))
+    return EXIT_UNHEALTHY if status_file.needs_attention(document) else EXIT_OK
+
+
+def _print_config(config: Config) -> int:
+    """The effective configuration as TOML-like lines, the key masked."""
+    print(f"# effective configuration ({config.config_file or 'no configuration file'})")
+    print(f"state_dir = {json.dumps(str(config.state_dir))}")
+    print(f"log_level = {json.dumps(config.log_level)}")
+    print(f"log_format = {json.dumps(config.log_format)}")
+    print(f"dry_run = {str(config.dry_run).lower()}")
+    print("\n[jellyfin]")
+    print(f"url = {json.dumps(config.url) if config.url else '# not set'}")
+    print(f"api_key = {json.dumps('********') if config.api_key else '# not set'}")
+    print(f"timeout = {config.request_timeout:g}")
+    print("\n[watch]")
+    for name in ("quiet_period", "max_wait", "probe_timeout", "backoff_max", "settle", "health_interval"):
+        print(f"{name} = {getattr(config, name):g}")
+    print(f"ignore = {json.dumps(list(config.ignore))}")
+    for root in config.roots:
+        print("\n[[roots]]")
+        print(f"path = {json.dumps(str(root.path))}")
+        if root.mount is not None:
+            print(f"mount = {json.dumps(str(root.mount))}")
+    if not config.roots:
+        print("\n# roots: every location of every Jellyfin library")
     return EXIT_OK

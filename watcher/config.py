@@ -37,7 +37,12 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 """Seconds any one HTTP request to Jellyfin may take."""
 DEFAULT_BACKOFF_MAX = 300.0
 """Upper bound, in seconds, of the delay between retries of a refresh that failed."""
+DEFAULT_SETTLE = 10.0
+"""Seconds a root that came back must stay healthy before it is watched again."""
+DEFAULT_HEALTH_INTERVAL = 60.0
+"""Seconds between periodic health checks (mount changes trigger one at once on Linux)."""
 DEFAULT_LOG_LEVEL = "info"
+LOG_FORMATS = ("text", "json")
 SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
 CREDENTIAL_NAME = "jellyfin-api-key"
 """File name of the API key in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
@@ -139,10 +144,13 @@ class Config:
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     backoff_max: float = DEFAULT_BACKOFF_MAX
+    settle: float = DEFAULT_SETTLE
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     state_dir: Path = field(default_factory=lambda: default_state_dir({}))
     dry_run: bool = False
     log_level: str = DEFAULT_LOG_LEVEL
+    log_format: str = "text"
     config_file: Path | None = None
 
     def map_path(self, jellyfin_path: str) -> Path:
@@ -155,9 +163,18 @@ class Config:
 
 # --- Schema of the TOML file -------------------------------------------------------------
 
-_TOP_KEYS = {"state_dir", "log_level", "dry_run", "jellyfin", "watch", "roots"}
+_TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "roots"}
 _JELLYFIN_KEYS = {"url", "api_key", "api_key_file", "timeout"}
-_WATCH_KEYS = {"quiet_period", "max_wait", "probe_timeout", "backoff_max", "ignore", "default_ignore"}
+_WATCH_KEYS = {
+    "quiet_period",
+    "max_wait",
+    "probe_timeout",
+    "backoff_max",
+    "settle",
+    "health_interval",
+    "ignore",
+    "default_ignore",
+}
 _ROOT_KEYS = {"path", "mount"}
 
 
@@ -197,7 +214,7 @@ def load(
 
     ``flags`` holds the command-line values that were given (absent or None: not given):
     ``url``, ``api_key_file``, ``roots`` (list of str), ``quiet_period``, ``max_wait``,
-    ``probe_timeout``, ``state_dir``, ``dry_run``, ``log_level``.
+    ``probe_timeout``, ``state_dir``, ``dry_run``, ``log_level``, ``log_format``.
 
     Raises ConfigError naming the file and key for anything malformed, unknown or unreadable.
     """
@@ -240,6 +257,8 @@ def load(
     max_wait = seconds("max_wait", "max_wait", DEFAULT_MAX_WAIT)
     probe_timeout = seconds("probe_timeout", "probe_timeout", DEFAULT_PROBE_TIMEOUT, minimum=0.1)
     backoff_max = seconds("backoff_max", "backoff_max", DEFAULT_BACKOFF_MAX, minimum=1.0)
+    settle = seconds("settle", "settle", DEFAULT_SETTLE)
+    health_interval = seconds("health_interval", "health_interval", DEFAULT_HEALTH_INTERVAL, minimum=0.1)
     request_timeout = DEFAULT_REQUEST_TIMEOUT
     if "timeout" in jellyfin:
         request_timeout = _seconds(jellyfin["timeout"], f"{where}: jellyfin.timeout", 1.0)
@@ -260,6 +279,13 @@ def load(
         if log_level not in LOG_LEVELS:
             raise ConfigError(f"{level_source}: expected one of {', '.join(LOG_LEVELS)}, got {level_value!r}")
 
+    format_value, format_source = pick("log_format", None, data, "log_format")
+    log_format = "text"
+    if format_value is not None:
+        log_format = _string(format_value, format_source).lower()
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"{format_source}: expected one of {', '.join(LOG_FORMATS)}, got {format_value!r}")
+
     return Config(
         url=url,
         api_key=_api_key(flags, environ, jellyfin, where),
@@ -269,10 +295,13 @@ def load(
         probe_timeout=probe_timeout,
         request_timeout=request_timeout,
         backoff_max=backoff_max,
+        settle=settle,
+        health_interval=health_interval,
         ignore=ignore,
         state_dir=state_dir,
         dry_run=dry_run,
         log_level=log_level,
+        log_format=log_format,
         config_file=config_file,
     )
 

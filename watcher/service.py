@@ -2,31 +2,44 @@
 
 One loop on the calling thread reads the clock and decides; watchdog, the mount monitor and
 signal handlers only put items on its queue. The loop sleeps until the next thing it has to
-do (a batch falling due, a retry, the periodic health check) or until an item arrives: no
-polling while idle.
+do (a batch falling due, a retry, a health check, a keep-alive) or until an item arrives:
+no polling while idle.
 
 Before every refresh every root is probed (:mod:`watcher.health`). If any root is not
-healthy the refresh is suppressed and the batch kept — never dropped — until every root is
-healthy again; the WARNING is logged when a root's state changes, not on every retry.
+healthy — or came back less than ``settle`` seconds ago — the refresh is suppressed and the
+batch kept, never dropped, until every root is ready again; the WARNING is logged when a
+root's state changes, not on every retry.
+
+Roots come and go: a mount-table change (``/proc/self/mountinfo``) triggers a health check
+at once, and a periodic one catches what the mount table cannot show (a hung server). A
+root that went away (unmounted, deleted, replaced, a disk below it remounted) has lost its
+inotify watches without a word from watchdog (FACTS.md), so once it has been healthy for
+``settle`` seconds it is watched again (``unschedule`` then ``schedule``) and counted as
+changed: files may have arrived while it was away.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
+from watcher import status as status_file
 from watcher.config import Config, Root
 from watcher.debounce import Batch, Debouncer
-from watcher.errors import JellyfinError, KeyRejected, ServerUnavailable
+from watcher.errors import ConfigError, JellyfinError, KeyRejected, ServerUnavailable
 from watcher.filters import IgnoreFilter
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient
+from watcher.notify import Notifier
 from watcher.state import PendingChanges, SavedState, StateStore
+from watcher.verify import Coverage, coverage
 from watcher.watch import Change, EventsLost, MountMonitor, MountsChanged, RootWatcher
 
 logger = logging.getLogger(__name__)
@@ -36,20 +49,65 @@ SUPPRESSED_RECHECK = 5.0
 change of the mount table triggers one at once)."""
 SCAN_RUNNING_RECHECK = 5.0
 """Seconds between looks at Jellyfin's scan task while waiting for a running scan to end."""
-HEALTH_INTERVAL = 60.0
-"""Seconds between periodic health checks, for what the mount table cannot show."""
 BACKOFF_START = 1.0
 """Seconds before the first retry of a failed refresh; doubles up to ``backoff_max``."""
+VERIFY_TIMEOUT = 60.0
+"""Seconds the listing of a root's folders (watch verification) may take."""
+STATUS_COUNT_INTERVAL = 5.0
+"""Seconds between status-file updates that only change the pending change count."""
 
 _T = TypeVar("_T")
+
+Reloader = Callable[[], tuple[Config, "JellyfinClient | None"]]
 
 
 class Stop:
     """Queue item: end the loop."""
 
 
+class Reload:
+    """Queue item: read the configuration again (SIGHUP)."""
+
+
 class Interrupted(Exception):
     """A stop was requested while waiting on Jellyfin."""
+
+
+@dataclass(slots=True)
+class _RootRecord:
+    """What the loop knows about one root."""
+
+    root: Root
+    health: Health | None = None
+    watched: bool = False
+    watched_as: tuple[Any, ...] = ()
+    """Identity when the watch was set up: (device, inode, mounts)."""
+    back_since: float | None = None
+    """Clock reading since which a returning root has been healthy (settling)."""
+    coverage: Coverage | None = None
+    problem: str = ""
+    """The last watch ERROR logged for this root (logged again only when it changes)."""
+
+    @property
+    def key(self) -> str:
+        return str(self.root.path)
+
+    def identity(self, health: Health) -> tuple[Any, ...]:
+        return (health.device, health.inode, health.mounts)
+
+
+@dataclass(slots=True)
+class _LastRefresh:
+    time: float
+    result: str
+
+
+@dataclass(slots=True)
+class _Published:
+    signature: tuple[Any, ...] = ()
+    changes: int | None = None
+    written_at: float = 0.0
+    status_line: str = ""
 
 
 class Service:
@@ -57,37 +115,45 @@ class Service:
 
     ``resolve_roots`` returns the roots to watch (from the configuration or Jellyfin's
     libraries) and may raise :class:`~watcher.errors.JellyfinError`; the service then
-    retries with backoff. ``client`` is None in dry-run mode. ``clock`` returns seconds.
+    retries with backoff. ``client`` is None in dry-run mode. ``reload`` (for SIGHUP)
+    returns a new configuration and client, or raises ConfigError. ``clock`` returns
+    seconds. ``notifier`` talks to systemd (READY, STATUS, WATCHDOG).
     """
 
     def __init__(
         self,
         config: Config,
-        resolve_roots: Callable[[], Sequence[Root]],
+        resolve_roots: Callable[[Config], Sequence[Root]],
         client: JellyfinClient | None,
         store: StateStore,
         clock: Callable[[], float] = time.monotonic,
-        on_ready: Callable[[Service], None] | None = None,
+        reload: Reloader | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
         self._resolve_roots = resolve_roots
         self._client = client
         self._store = store
         self._clock = clock
-        self._on_ready = on_ready
+        self._reload = reload
+        self._notifier = notifier or Notifier({})
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._stop = threading.Event()
         self._debouncer = Debouncer(config.quiet_period, config.max_wait)
         self._ignore = IgnoreFilter(config.ignore)
-        self._roots: tuple[Root, ...] = ()
-        self._health: dict[str, Health] = {}
+        self._records: dict[str, _RootRecord] = {}
         self._saved = SavedState()
         self._retry_at = 0.0
         self._failures = 0
         self._next_health = 0.0
-        self._suppressed_by: tuple[str, ...] = ()
+        self._next_keepalive = float("inf")
+        self._held: str = ""
         self._waiting_for_scan = False
         self._last_error = ""
+        self._last_refresh: _LastRefresh | None = None
+        self._published = _Published()
+        self._started = status_file.process_start_time()
+        self._watcher = RootWatcher(self._queue)
         self.refreshes = 0
 
     # --- control, safe from signal handlers and other threads ------------------------
@@ -97,9 +163,13 @@ class Service:
         self._stop.set()
         self._queue.put(Stop())
 
+    def request_reload(self) -> None:
+        """Ask the loop to read the configuration again. Safe in a signal handler."""
+        self._queue.put(Reload())
+
     @property
     def roots(self) -> tuple[Root, ...]:
-        return self._roots
+        return tuple(record.root for record in self._records.values())
 
     @property
     def pending(self) -> Batch | None:
@@ -113,29 +183,31 @@ class Service:
         roots = self._wait_for_roots()
         if roots is None:
             return
-        self._roots = tuple(roots)
+        self._records = {str(root.path): _RootRecord(root) for root in roots}
         self._restore_pending()
-        watcher = RootWatcher(self._queue)
         monitor = MountMonitor(self._queue)
-        watcher.start()
+        self._watcher.start()
         monitor.start()
-        self._watcher = watcher
         try:
             self._check_health(self._clock())
-            watched = sorted(watcher.watched)
+            watched = sorted(record.key for record in self._records.values() if record.watched)
             logger.info(
                 "watching %d of %d roots: %s",
                 len(watched),
-                len(self._roots),
+                len(self._records),
                 ", ".join(watched) if watched else "none yet",
             )
-            if self._on_ready is not None:
-                self._on_ready(self)
+            if self._notifier.watchdog_interval:
+                self._next_keepalive = self._clock()
+            self._publish(self._clock(), force=True)
+            self._notifier.notify(READY="1", STATUS=self._published.status_line)
             self._loop()
         finally:
+            self._notifier.notify(STOPPING="1")
             monitor.stop()
-            watcher.stop()
+            self._watcher.stop()
             self._save()
+            self._publish(self._clock(), force=True)
             batch = self._debouncer.pending
             if batch is None:
                 logger.info("stopped; no changes pending")
@@ -150,13 +222,13 @@ class Service:
     def _loop(self) -> None:
         while not self._stop.is_set():
             now = self._clock()
-            wake_at = min(self._next_health, self._next_attempt() or float("inf"))
+            wake_at = min(self._next_health, self._next_attempt() or float("inf"), self._next_keepalive)
             try:
                 item = self._queue.get(timeout=max(0.0, wake_at - now))
             except Empty:
                 item = None
             now = self._clock()
-            mounts_changed = False
+            mounts_changed = reload = False
             pending_before = self._debouncer.pending is not None
             while item is not None:
                 if isinstance(item, Stop):
@@ -165,13 +237,20 @@ class Service:
                     self._on_change(item, now)
                 elif isinstance(item, MountsChanged):
                     mounts_changed = True
+                elif isinstance(item, Reload):
+                    reload = True
                 elif isinstance(item, EventsLost):
                     logger.warning("the kernel's event queue overflowed: counting every root as changed")
-                    self._debouncer.add_many(now, (str(root.path) for root in self._roots))
+                    self._debouncer.add_many(now, self._records)
                 try:
                     item = self._queue.get_nowait()
                 except Empty:
                     item = None
+            if now >= self._next_keepalive:
+                self._notifier.notify(WATCHDOG="1")
+                self._next_keepalive = now + (self._notifier.watchdog_interval or float("inf"))
+            if reload:
+                self._apply_reload(now)
             if not pending_before and self._debouncer.pending is not None:
                 self._save()
             if mounts_changed or now >= self._next_health:
@@ -182,6 +261,7 @@ class Service:
                     self._attempt_refresh(now)
                 except Interrupted:
                     return
+            self._publish(self._clock())
 
     def _next_attempt(self) -> float | None:
         deadline = self._debouncer.deadline()
@@ -194,85 +274,144 @@ class Service:
         paths = [str(event.src_path)]
         if getattr(event, "dest_path", ""):
             paths.append(str(event.dest_path))
+        if event.is_directory and str(event.src_path) == change.root and event.event_type in ("deleted", "moved"):
+            logger.warning("%s was %s: it is watched again when it reappears", change.root, event.event_type)
+            self._next_health = now
         if self._ignore.ignores_all(change.root, paths):
             return
-        if event.is_directory and str(event.src_path) == change.root and event.event_type == "deleted":
-            logger.warning("%s was deleted: it is watched again when it reappears", change.root)
-            self._next_health = now
         self._debouncer.add(now, change.root)
 
     # --- health ------------------------------------------------------------------------
 
     def _check_health(self, now: float) -> list[Health]:
-        """Probe every root, log state changes, (re)watch roots that are back."""
+        """Probe every root, log state changes, (re)watch roots that are back and settled."""
+        records = list(self._records.values())
         expected = {Path(path): Path(mount) for path, mount in self._saved.mounts.items()}
-        results = probe_roots(self._roots, expected, self.config.probe_timeout, self._stop)
+        below = {Path(path): points for path, points in self._saved.below.items()}
+        results = probe_roots([record.root for record in records], expected, self.config.probe_timeout, self._stop, below)
+        if self._stop.is_set():
+            return results
         learned = False
-        for health in results:
-            key = str(health.root.path)
-            previous = self._health.get(key)
-            self._health[key] = health
-            changed_state = previous is None or previous.state is not health.state
-            if not health.healthy:
-                if changed_state:
+        rewatched = []
+        for record, health in zip(records, results):
+            previous = record.health
+            record.health = health
+            if previous is None or previous.state is not health.state:
+                if not health.healthy:
                     logger.warning("%s", health.describe())
-                if health.state in (State.MISSING, State.UNMOUNTED, State.EMPTY):
-                    self._watcher.unwatch(health.root.path)
+                elif previous is not None:
+                    logger.info("%s is healthy again", record.key)
+            if not health.healthy:
+                record.back_since = None
+                if health.state in (State.MISSING, State.UNMOUNTED, State.EMPTY) and record.watched:
+                    self._watcher.unwatch(record.root.path)
+                    record.watched = False
                 continue
-            if previous is not None and changed_state:
-                logger.info("%s is healthy again", key)
-            if health.root.mount is None and key not in self._saved.mounts and health.mount_point is not None:
-                self._saved.mounts[key] = str(health.mount_point)
-                learned = True
-            replaced = previous is not None and previous.inode is not None and (
-                (previous.device, previous.inode) != (health.device, health.inode)
-            )
-            if key not in self._watcher.watched or replaced or (previous is not None and changed_state):
-                self._rewatch(health, now, first=previous is None)
+            learned |= self._learn_mounts(record, health)
+            if previous is None and not record.watched:
+                if self._watch(record, health):
+                    rewatched.append(record)
+                continue
+            if record.watched and record.watched_as == record.identity(health):
+                record.back_since = None
+                continue
+            if record.back_since is None:
+                record.back_since = now
+                if self.config.settle > 0:
+                    logger.info(
+                        "%s is back: watching it again once it has stayed healthy for %g s",
+                        record.key,
+                        self.config.settle,
+                    )
+            if now - record.back_since >= self.config.settle:
+                record.back_since = None
+                if self._watch(record, health):
+                    rewatched.append(record)
+                    logger.info("watching %s again; counting it as changed, files may have arrived while it was away", record.key)
+                    self._debouncer.add(now, record.key)
         if learned:
             self._save()
-        self._next_health = now + HEALTH_INTERVAL
+        self._verify(rewatched)
+        settling = [record.back_since + self.config.settle for record in records if record.back_since is not None]
+        self._next_health = min([now + self.config.health_interval, *settling])
         return results
 
-    def _rewatch(self, health: Health, now: float, first: bool) -> None:
-        problem = self._watcher.watch(health.root.path)
-        key = str(health.root.path)
+    def _learn_mounts(self, record: _RootRecord, health: Health) -> bool:
+        """Remember where a healthy root lives, and the disks mounted below it."""
+        learned = False
+        if record.root.mount is None and record.key not in self._saved.mounts and health.mount_point is not None:
+            self._saved.mounts[record.key] = str(health.mount_point)
+            learned = True
+        below = sorted({point for point, _ in health.mounts[1:]} | set(self._saved.below.get(record.key, ())))
+        if below != self._saved.below.get(record.key, []) and (below or record.key in self._saved.below):
+            self._saved.below[record.key] = below
+            learned = True
+        return learned
+
+    def _watch(self, record: _RootRecord, health: Health) -> bool:
+        problem = self._watcher.watch(record.root.path)
         if problem is not None:
-            logger.error("cannot watch %s: %s", key, problem)
+            record.watched = False
+            message = f"cannot watch {record.key}: {problem}"
+            if message != record.problem:
+                logger.error("%s", message)
+                record.problem = message
+            return False
+        record.watched = True
+        record.watched_as = record.identity(health)
+        record.problem = ""
+        return True
+
+    def _verify(self, records: Sequence[_RootRecord]) -> None:
+        """Compare each root's folders with the kernel's watches; ERROR on a shortfall."""
+        if not records:
             return
-        if not first:
-            logger.info("watching %s again; counting it as changed, files may have arrived while it was away", key)
-            self._debouncer.add(now, key)
+        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
+        for record, result in zip(records, coverage([record.root.path for record in records], timeout, self._stop)):
+            record.coverage = result
+            problem = result.problem()
+            if problem is None:
+                logger.debug("%s: all %d folders watched", record.key, result.folders)
+            elif problem != record.problem:
+                logger.error("%s", problem)
+                record.problem = problem
+
+    def _not_ready(self, now: float) -> list[str]:
+        """Why each root that blocks a refresh does so (empty: every root is ready)."""
+        reasons = []
+        for record in self._records.values():
+            if record.health is not None and not record.health.healthy:
+                reasons.append(record.health.describe())
+            elif record.back_since is not None:
+                reasons.append(
+                    f"{record.key} is back but settling ({now - record.back_since:.0f} s of {self.config.settle:g} s)"
+                )
+        return reasons
 
     # --- refresh -----------------------------------------------------------------------
 
     def _attempt_refresh(self, now: float) -> None:
+        self._check_health(now)
+        if self._stop.is_set():
+            raise Interrupted
         batch = self._debouncer.pending
         assert batch is not None
-        results = self._check_health(now)
-        unhealthy = tuple(health.describe() for health in results if not health.healthy)
-        if unhealthy:
-            if unhealthy != self._suppressed_by:
-                logger.warning(
-                    "refresh suppressed: %s; keeping %d changes until every root is healthy",
-                    "; ".join(unhealthy),
-                    batch.changes,
-                )
-                self._suppressed_by = unhealthy
+        not_ready = self._not_ready(now)
+        if not_ready:
+            held = "; ".join(not_ready)
+            if held != self._held:
+                logger.warning("refresh suppressed: %s; keeping %d changes until every root is healthy", held, batch.changes)
+                self._held = held
             self._retry_at = now + SUPPRESSED_RECHECK
             return
-        if self._suppressed_by:
+        if self._held:
             logger.info("every root is healthy again: sending the kept batch")
-            self._suppressed_by = ()
-        # Re-read: the health check may have added roots that came back.
-        batch = self._debouncer.pending
-        assert batch is not None
+            self._held = ""
         description = f"{batch.changes} changes under {_list(batch.roots)}"
         logger.info("batch due: %s", description)
         if self._client is None:
             self._debouncer.take()
-            self._save()
-            self.refreshes += 1
+            self._refreshed(now, "dry run: not sent")
             logger.info("dry run: would send POST /Library/Refresh for %s", description)
             return
         client = self._client
@@ -294,18 +433,23 @@ class Service:
         except JellyfinError as error:
             self._failed(error, batch)
             return
+        self._refreshed(now, "sent")
+        logger.info("refresh sent: POST /Library/Refresh for %s", description)
+
+    def _refreshed(self, now: float, result: str) -> None:
         self.refreshes += 1
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        self._last_refresh = _LastRefresh(time.time(), result)
         self._save()
-        logger.info("refresh sent: POST /Library/Refresh for %s", description)
 
     def _failed(self, error: JellyfinError, batch: Batch) -> None:
         self._failures += 1
         delay = min(self.config.backoff_max, BACKOFF_START * 2 ** (self._failures - 1))
         self._retry_at = self._clock() + delay
         message = str(error)
+        self._last_refresh = _LastRefresh(time.time(), f"failed: {message}")
         if isinstance(error, KeyRejected):
             if message != self._last_error:
                 logger.error("%s; keeping %d changes and watching on", message, batch.changes)
@@ -336,13 +480,48 @@ class Service:
             raise outcome["error"]
         return outcome["value"]  # type: ignore[no-any-return]
 
-    # --- start-up and state --------------------------------------------------------------
+    # --- configuration ---------------------------------------------------------------
+
+    def _apply_reload(self, now: float) -> None:
+        """SIGHUP: read the configuration again; keep the old one if the new one is bad.
+        The pending batch is kept either way."""
+        if self._reload is None:
+            return
+        try:
+            config, client = self._reload()
+            roots = self._call(lambda: self._resolve_roots(config))
+        except (ConfigError, JellyfinError) as error:
+            logger.error("configuration not reloaded, keeping the previous one: %s", error)
+            return
+        except Interrupted:
+            return
+        if self._client is not None and self._client is not client:
+            self._client.close()
+        self.config, self._client = config, client
+        self._debouncer.quiet_period = config.quiet_period
+        self._debouncer.max_wait = config.max_wait
+        self._ignore = IgnoreFilter(config.ignore)
+        wanted = {str(root.path): root for root in roots}
+        for key in sorted(set(self._records) - set(wanted)):
+            self._watcher.unwatch(self._records.pop(key).root.path)
+            logger.info("no longer watching %s (removed from the configuration)", key)
+        for key, root in wanted.items():
+            record = self._records.get(key)
+            if record is None:
+                self._records[key] = _RootRecord(root)
+                logger.info("now watching %s (added to the configuration)", key)
+            elif record.root != root:
+                record.root = root
+        logger.info("configuration reloaded")
+        self._check_health(now)
+
+    # --- start-up, state and status --------------------------------------------------
 
     def _wait_for_roots(self) -> Sequence[Root] | None:
         failures = 0
         while not self._stop.is_set():
             try:
-                return self._call(self._resolve_roots)
+                return self._call(lambda: self._resolve_roots(self.config))
             except Interrupted:
                 return None
             except JellyfinError as error:
@@ -357,10 +536,8 @@ class Service:
         pending = self._saved.pending
         if pending is None:
             return
-        known = {str(root.path) for root in self._roots}
-        roots = [root for root in pending.roots if root in known] or sorted(known)
-        now = self._clock()
-        past = now - max(self.config.quiet_period, self.config.max_wait)
+        roots = [root for root in pending.roots if root in self._records] or sorted(self._records)
+        past = self._clock() - max(self.config.quiet_period, self.config.max_wait)
         self._debouncer.restore(Batch(frozenset(roots), pending.changes, past, past))
         logger.info(
             "%d changes under %s were pending when the watcher last stopped: refreshing them once every root is healthy",
@@ -372,6 +549,81 @@ class Service:
         batch = self._debouncer.pending
         self._saved.pending = None if batch is None else PendingChanges(sorted(batch.roots), batch.changes)
         self._store.save(self._saved)
+
+    def _publish(self, now: float, force: bool = False) -> None:
+        """Write the status file and send STATUS= when the state changed (a change of the
+        pending count alone is written at most every few seconds)."""
+        batch = self._debouncer.pending
+        held = self._held or (self._last_error if batch is not None and self._last_error else "")
+        roots = []
+        for record in self._records.values():
+            health = record.health
+            roots.append(
+                {
+                    "path": record.key,
+                    "mount_point": str(health.mount_point) if health and health.mount_point else None,
+                    "fstype": health.fstype if health else None,
+                    "state": "settling" if record.back_since is not None else (health.state.value if health else "unknown"),
+                    "reason": health.reason if health else "",
+                    "watched": record.watched,
+                    "watched_directories": record.coverage.watched if record.coverage else None,
+                }
+            )
+        pending = None
+        if batch is not None:
+            due = self._next_attempt()
+            pending = {
+                "changes": batch.changes,
+                "roots": sorted(batch.roots),
+                "due": None if due is None else time.time() + (due - now),
+                "held": held or None,
+            }
+        last = None if self._last_refresh is None else {"time": self._last_refresh.time, "result": self._last_refresh.result}
+        signature = (
+            tuple((root["path"], root["state"], root["reason"], root["watched"], root["watched_directories"]) for root in roots),
+            None if batch is None else (batch.roots, held, batch.first_change),
+            None if last is None else (last["time"], last["result"]),
+            self._stop.is_set(),
+        )
+        changes = None if batch is None else batch.changes
+        count_due = changes != self._published.changes and now - self._published.written_at >= STATUS_COUNT_INTERVAL
+        if not force and signature == self._published.signature and not count_due:
+            return
+        self._published.signature = signature
+        self._published.changes = changes
+        self._published.written_at = now
+        document = {
+            "pid": os.getpid(),
+            "started": self._started,
+            "dry_run": self._client is None,
+            "roots": roots,
+            "pending": pending,
+            "last_refresh": last,
+        }
+        try:
+            status_file.write(self.config.state_dir, document)
+        except OSError as error:
+            logger.debug("cannot write the status file: %s", error)
+        line = _status_line(document)
+        if line != self._published.status_line:
+            self._published.status_line = line
+            self._notifier.notify(STATUS=line)
+
+
+def _status_line(document: dict[str, Any]) -> str:
+    """``watching 4 roots · 1 unhealthy: /mnt/usb (unmounted) · 37 changes pending · last refresh 12:03``"""
+    roots = document["roots"]
+    parts = [f"watching {sum(1 for root in roots if root['watched'])} of {len(roots)} roots"]
+    unhealthy = [root for root in roots if root["state"] != "healthy"]
+    if unhealthy:
+        parts.append(f"{len(unhealthy)} unhealthy: " + ", ".join(f"{root['path']} ({root['state']})" for root in unhealthy))
+    pending = document["pending"]
+    if pending:
+        parts.append(f"{pending['changes']} changes pending" + (" (held back)" if pending.get("held") else ""))
+    last = document["last_refresh"]
+    if last:
+        parts.append(f"last refresh {time.strftime('%H:%M', time.localtime(last['time']))} ({last['result'].split(':')[0]})")
+    return " · ".join(parts)
 
 
 def _list(roots: Any) -> str:

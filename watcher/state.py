@@ -37,6 +37,9 @@ class PendingChanges:
 @dataclass(slots=True)
 class SavedState:
     mounts: dict[str, str] = field(default_factory=dict)
+    """Root path → the mount point it was last seen healthy on."""
+    below: dict[str, list[str]] = field(default_factory=dict)
+    """Root path → mount points seen below it while healthy (disks mounted inside it)."""
     pending: PendingChanges | None = None
 
 
@@ -78,6 +81,7 @@ class StateStore:
         data = {
             "version": FORMAT_VERSION,
             "mounts": state.mounts,
+            "below": state.below,
             "pending": None if state.pending is None else {"roots": state.pending.roots, "changes": state.pending.changes},
         }
         try:
@@ -122,8 +126,13 @@ def _decode(data: Any) -> SavedState:
     mounts = data.get("mounts") or {}
     if not isinstance(mounts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mounts.items()):
         raise ValueError("mounts: expected an object of strings")
+    below = data.get("below") or {}
+    if not isinstance(below, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(p, str) for p in v) for k, v in below.items()
+    ):
+        raise ValueError("below: expected an object of string lists")
     pending = data.get("pending")
-    saved = SavedState(mounts=dict(mounts))
+    saved = SavedState(mounts=dict(mounts), below={key: list(value) for key, value in below.items()})
     if pending is not None:
         roots = pending["roots"]
         changes = pending["changes"]

@@ -320,3 +320,86 @@ def test_polling_loop_takes_one_batch_at_the_deadline(seed: int) -> None:
         # Inside a batch no gap reaches the quiet period, and the batch spans < max_wait.
         assert all(later - earlier < 5.0 for earlier, later in zip(members, members[1:]))
         assert members[-1] - members[0] < 20.0
+
+
+# --- Folders and partial takes (path- and library-scoped refreshes) --------------------
+
+
+def test_folders_are_collected_per_root() -> None:
+    debouncer = Debouncer(quiet_period=1, max_wait=10)
+    debouncer.add(0.0, MOVIES, folder=f"{MOVIES}/Alien (1979)")
+    debouncer.add(0.1, MOVIES, folder=f"{MOVIES}/Alien (1979)")
+    debouncer.add(0.2, SHOWS, folder=f"{SHOWS}/Dark/Season 1")
+
+    batch = debouncer.take()
+
+    assert batch is not None
+    assert batch.folders == {f"{MOVIES}/Alien (1979)", f"{SHOWS}/Dark/Season 1"}
+    assert batch.whole_roots == frozenset()
+
+
+def test_a_change_without_folder_marks_the_whole_root() -> None:
+    debouncer = Debouncer(quiet_period=1, max_wait=10)
+    debouncer.add(0.0, MOVIES, folder=f"{MOVIES}/a")
+    debouncer.add(0.1, MOVIES)
+    debouncer.add(0.2, MOVIES, folder=f"{MOVIES}/b")
+
+    batch = debouncer.take()
+
+    assert batch is not None
+    assert batch.whole_roots == {MOVIES}
+    assert batch.folders == frozenset()
+
+
+def test_too_many_folders_collapse_to_the_root() -> None:
+    from watcher.debounce import MAX_FOLDERS
+
+    debouncer = Debouncer(quiet_period=1, max_wait=10)
+    for index in range(MAX_FOLDERS + 1):
+        debouncer.add(0.0, MOVIES, folder=f"{MOVIES}/{index}")
+
+    batch = debouncer.take()
+
+    assert batch is not None
+    assert batch.whole_roots == {MOVIES}
+    assert batch.changes == MAX_FOLDERS + 1
+
+
+def test_take_some_roots_leaves_the_others_pending_with_their_timing() -> None:
+    debouncer = Debouncer(quiet_period=1, max_wait=10)
+    debouncer.add(0.0, MOVIES, folder=f"{MOVIES}/a")
+    debouncer.add(0.5, SHOWS, folder=f"{SHOWS}/b")
+    debouncer.add(0.6, SHOWS, folder=f"{SHOWS}/c")
+
+    taken = debouncer.take([MOVIES])
+
+    assert taken is not None
+    assert (taken.roots, taken.changes, taken.folders) == ({MOVIES}, 1, {f"{MOVIES}/a"})
+    left = debouncer.pending
+    assert left is not None
+    assert (left.roots, left.changes, left.folders) == ({SHOWS}, 2, {f"{SHOWS}/b", f"{SHOWS}/c"})
+    assert debouncer.deadline() == 1.6
+
+
+def test_take_roots_that_changed_nothing_takes_nothing() -> None:
+    debouncer = Debouncer(quiet_period=1, max_wait=10)
+    debouncer.add(0.0, MOVIES)
+
+    assert debouncer.take([SHOWS]) is None
+    assert debouncer.pending is not None
+
+
+def test_restore_keeps_folders_and_whole_roots() -> None:
+    debouncer = Debouncer(quiet_period=1, max_wait=10)
+    debouncer.add(0.0, MOVIES, folder=f"{MOVIES}/a")
+    debouncer.add(0.0, SHOWS)
+    batch = debouncer.take()
+    assert batch is not None
+
+    debouncer.restore(batch)
+    again = debouncer.take()
+
+    assert again is not None
+    assert again.folders == {f"{MOVIES}/a"}
+    assert again.whole_roots == {SHOWS}
+    assert again.changes == batch.changes

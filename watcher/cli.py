@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,8 +25,12 @@ from pythonjsonlogger.json import JsonFormatter
 from watcher import status as status_file
 from watcher.config import LOG_FORMATS, LOG_LEVELS, Config, Root, default_config_file, load
 from watcher.errors import ConfigError, JellyfinError
-from watcher.health import Health, probe_roots
-from watcher.jellyfin import JellyfinClient
+from watcher.config import Secret
+from watcher.health import Health, State, probe_roots
+from watcher.jellyfin import JellyfinClient, Library, UserLogin
+from watcher.debounce import Batch
+from watcher.doctor import doctor as run_doctor
+from watcher.scope import plan
 from watcher.service import SCAN_RUNNING_RECHECK, Service
 from watcher.notify import Notifier
 from watcher.state import StateStore
@@ -72,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common], allow_abbrev=False, help="show the running daemon's state; exit 0 healthy, 1 unhealthy or held back, 3 not running")
     status.add_argument("--json", action="store_true", help="print the status file as JSON")
     status.add_argument("--quiet", action="store_true", help="print nothing; exit code only (container health checks)")
+    doctor = commands.add_parser("doctor", parents=[common], allow_abbrev=False, help="check Jellyfin's setup for the watcher; exit 0 good, 1 warnings, 3 unreachable")
+    doctor.add_argument("--fix", action="store_true", help="turn Jellyfin's own real-time monitor and scheduled scan off, printing each change")
     configuration = commands.add_parser("config", parents=[common], allow_abbrev=False, help="show the effective configuration")
     configuration.add_argument("--print", action="store_true", required=True, help="print the effective configuration, API key masked")
     return parser
@@ -94,6 +101,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         _configure_logging(config.log_level, config.log_format, environ)
         if arguments.command == "status":
             return _status(config, as_json=arguments.json, quiet=arguments.quiet)
+        if arguments.command == "doctor":
+            return run_doctor(config, _client(config, "to check Jellyfin"), fix=arguments.fix)
         if arguments.command == "run":
             return _run(config, reload=lambda: _reload(arguments, environ))
         command = {"check": _check, "refresh": _refresh, "config": _print_config}[arguments.command]
@@ -168,42 +177,75 @@ def _configure_logging(level: str, log_format: str, environ: Mapping[str, str]) 
 def _client(config: Config, needed_for: str) -> JellyfinClient:
     if config.url is None:
         raise ConfigError(f"no Jellyfin URL, needed {needed_for}: give --url, set JELLYFIN_URL or jellyfin.url in the config")
-    if config.api_key is None:
+    credentials: Secret | UserLogin
+    if config.api_key is not None:
+        credentials = config.api_key
+    elif config.username is not None and config.password is not None:
+        credentials = UserLogin(config.username, config.password, config.state_dir)
+    else:
         raise ConfigError(
             f"no API key, needed {needed_for}: make one in Jellyfin's Dashboard → API Keys and give it "
-            "through JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file"
+            "through JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file (or set jellyfin.username "
+            "and jellyfin.password_file)"
         )
-    return JellyfinClient(config.url, config.api_key, config.request_timeout)
+    return JellyfinClient(config.url, credentials, config.request_timeout, verify=config.verify, server=config.server)
 
 
-def _roots_from_jellyfin(config: Config, client: JellyfinClient) -> tuple[Root, ...]:
+def _roots_from_jellyfin(config: Config, libraries: Sequence[Library]) -> tuple[Root, ...]:
     """Every location of every library, mapped to local paths."""
     roots: dict[Path, Root] = {}
-    for library in client.libraries():
+    for library in libraries:
         for location in library.locations:
             path = config.map_path(location)
-            roots.setdefault(path, Root(path))
+            roots.setdefault(path, Root(path, library_id=library.item_id, library_name=library.name))
     if not roots:
         raise ConfigError("Jellyfin has no library folders: add a library in Jellyfin, or give ROOT arguments")
     return tuple(roots.values())
 
 
+def _with_libraries(config: Config, roots: Sequence[Root], libraries: Sequence[Library]) -> tuple[Root, ...]:
+    """Configured roots, each tagged with the library whose (mapped) location holds it or
+    lies inside it; a root matching no library stays untagged (server-wide refreshes)."""
+    tagged = []
+    for root in roots:
+        match = None
+        for library in libraries:
+            for location in library.locations:
+                local = config.map_path(location)
+                if root.path == local or root.path.is_relative_to(local) or local.is_relative_to(root.path):
+                    match = library
+                    break
+            if match is not None:
+                break
+        if match is None:
+            logger.warning("%s is in no Jellyfin library: it can only be refreshed with a server-wide scan", root.path)
+            tagged.append(root)
+        else:
+            tagged.append(replace(root, library_id=match.item_id, library_name=match.name))
+    return tuple(tagged)
+
+
 def _resolve_roots(config: Config, client: JellyfinClient | None) -> tuple[Root, ...]:
+    """The roots: configured ones (tagged with their libraries when the refresh scope needs
+    them), else every location of every Jellyfin library."""
     if config.roots:
-        return config.roots
+        if client is None or config.scope == "server":
+            return config.roots
+        return _with_libraries(config, config.roots, client.libraries())
     if client is None:
         raise ConfigError(
             "no roots to watch: give ROOT arguments or [[roots]] in the config "
             "(in dry-run mode the watcher does not ask Jellyfin for its libraries)"
         )
-    return _roots_from_jellyfin(config, client)
+    return _roots_from_jellyfin(config, client.libraries())
 
 
 def _probe(config: Config, roots: Sequence[Root]) -> list[Health]:
     """Probe ``roots``; a root that is a file is a usage error."""
     saved = StateStore(config.state_dir).load()
     expected = {Path(path): Path(mount) for path, mount in saved.mounts.items()}
-    results = probe_roots(roots, expected, config.probe_timeout)
+    below = {Path(path): points for path, points in saved.below.items()}
+    results = probe_roots(roots, expected, config.probe_timeout, expected_below=below)
     for health in results:
         if health.is_file:
             raise ConfigError(f"root {health.root.path} is a file, not a folder: give the library's folder")
@@ -215,11 +257,17 @@ def _check(config: Config) -> int:
     roots = _resolve_roots(config, client)
     results = _probe(config, roots)
     for health in results:
-        print(_check_line(health))
+        print(_check_line(health, config))
     return EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
 
 
-def _check_line(health: Health) -> str:
+def _check_line(health: Health, config: Config) -> str:
+    unmapped = config.jellyfin_path(str(health.root.path)) == str(health.root.path)
+    if health.state is State.MISSING and health.root.library_id is not None and unmapped:
+        return (
+            f"{health.root.path}: missing (no such folder here; if Jellyfin runs in a container, map its path "
+            f'to this machine\'s: [[path_map]] jellyfin = "{health.root.path}" local = "/the/same/folder/here")'
+        )
     if health.healthy:
         where = f"on {health.mount_point}" if health.mount_point else ""
         if health.fstype:
@@ -229,27 +277,46 @@ def _check_line(health: Health) -> str:
 
 
 def _refresh(config: Config) -> int:
+    """One-shot: refresh (in the configured scope) if the roots pass the gate."""
     client = None if config.dry_run else _client(config, "to refresh")
     roots = _resolve_roots(config, client)
     results = _probe(config, roots)
-    unhealthy = [health for health in results if not health.healthy]
-    if unhealthy:
-        for health in unhealthy:
+    blocked = {str(health.root.path): health for health in results if not health.healthy}
+    everything = Batch(frozenset(str(root.path) for root in roots), len(roots), 0.0, 0.0, whole_roots=frozenset(str(root.path) for root in roots))
+    requests = plan(everything, {str(root.path): root for root in roots}, config.scope, config.jellyfin_path)
+    if blocked and (config.gate == "all" or any(request.kind == "server" for request in requests)):
+        for health in blocked.values():
             print(f"refresh suppressed: {health.describe()}")
         return EXIT_UNHEALTHY
-    _learn_mounts(config, results)
-    if client is None:
-        print("dry run: would send POST /Library/Refresh")
-        return EXIT_OK
+    library_of = {str(root.path): root.library_id for root in roots}
+    blocked_libraries = {library_of[key] for key in blocked}
+    _learn_mounts(config, [health for health in results if health.healthy])
+    suppressed = False
+    for request in requests:
+        if any(library_of[key] in blocked_libraries for key in request.roots):
+            reasons = "; ".join(blocked[key].describe() for key in blocked if library_of[key] == request.library_id)
+            print(f"refresh suppressed: {request.describe()}: {reasons}")
+            suppressed = True
+            continue
+        if client is None:
+            print(f"dry run: would send {request.describe()}")
+            continue
+        if request.kind == "server" and not _wait_for_scan(config, client):
+            return EXIT_UNHEALTHY
+        Service._send(client, request)
+        print(f"refresh sent: {request.describe()}")
+    return EXIT_UNHEALTHY if suppressed else EXIT_OK
+
+
+def _wait_for_scan(config: Config, client: JellyfinClient) -> bool:
+    """Wait (up to max_wait) for a running library scan to end: posting would cancel it."""
     deadline = time.monotonic() + config.max_wait
     while client.library_scan_running():
         if time.monotonic() >= deadline:
             print(f"refresh suppressed: a library scan was still running after {config.max_wait:g} s; not interrupting it")
-            return EXIT_UNHEALTHY
+            return False
         time.sleep(min(SCAN_RUNNING_RECHECK, max(0.0, deadline - time.monotonic())))
-    client.refresh_library()
-    print(f"refresh sent: POST {config.url}/Library/Refresh")
-    return EXIT_OK
+    return True
 
 
 def _learn_mounts(config: Config, results: Sequence[Health]) -> None:

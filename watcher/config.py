@@ -13,6 +13,7 @@ got "abc"``.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import tomllib
 import urllib.parse
@@ -24,6 +25,8 @@ from typing import Any
 import platformdirs
 
 from watcher.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 APP_NAME = "jellyfin-watcher"
 
@@ -41,6 +44,11 @@ DEFAULT_SETTLE = 10.0
 """Seconds a root that came back must stay healthy before it is watched again."""
 DEFAULT_HEALTH_INTERVAL = 60.0
 """Seconds between periodic health checks (mount changes trigger one at once on Linux)."""
+DEFAULT_LIBRARY_INTERVAL = 600.0
+"""Seconds between re-reads of Jellyfin's library list (new libraries watched, removed ones dropped)."""
+SCOPES = ("server", "library", "path")
+GATES = ("all", "library")
+SERVERS = ("jellyfin", "emby")
 DEFAULT_LOG_LEVEL = "info"
 LOG_FORMATS = ("text", "json")
 SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
@@ -130,6 +138,18 @@ class Root:
 
     path: Path
     mount: Path | None = None
+    library_id: str | None = None
+    """Jellyfin's ``ItemId`` of the library this root belongs to (32 hex digits), if known."""
+    library_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathMapping:
+    """``jellyfin``: a folder as Jellyfin sees it (e.g. inside its container); ``local``: the
+    same folder on this machine. Both normalised, without a trailing slash."""
+
+    jellyfin: str
+    local: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +158,15 @@ class Config:
 
     url: str | None = None
     api_key: Secret | None = None
+    server: str = "jellyfin"
+    username: str | None = None
+    password: Secret | None = None
+    verify: bool | str = True
+    """TLS verification: True, False, or the path of a CA bundle (``ca_bundle``)."""
+    library_interval: float = DEFAULT_LIBRARY_INTERVAL
+    scope: str = "server"
+    gate: str = "all"
+    path_map: tuple[PathMapping, ...] = ()
     roots: tuple[Root, ...] = ()
     quiet_period: float = DEFAULT_QUIET_PERIOD
     max_wait: float = DEFAULT_MAX_WAIT
@@ -156,15 +185,51 @@ class Config:
     def map_path(self, jellyfin_path: str) -> Path:
         """Translate a path as Jellyfin sees it to the path on this machine.
 
-        The identity for now: the seam where path mapping (Docker layouts) plugs in.
+        The longest ``path_map`` prefix wins; unmapped paths are taken as they are.
         """
-        return Path(jellyfin_path)
+        return Path(_translate(jellyfin_path, [(m.jellyfin, m.local) for m in self.path_map]))
+
+    def jellyfin_path(self, local_path: str) -> str:
+        """The reverse of :meth:`map_path`: a local path as Jellyfin sees it."""
+        return _translate(local_path, [(m.local, m.jellyfin) for m in self.path_map])
+
+    def is_mapped(self, jellyfin_path: str) -> bool:
+        """Whether some ``path_map`` entry covers ``jellyfin_path``."""
+        return any(_within(jellyfin_path, m.jellyfin) for m in self.path_map)
+
+
+def _within(path: str, folder: str) -> bool:
+    path = path.rstrip("/") or "/"
+    return folder == "/" or path == folder or path.startswith(folder + "/")
+
+
+def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
+    """Replace the longest matching ``from`` prefix of ``path`` with its ``to``."""
+    normal = os.path.normpath(path) if path else path
+    best = max((pair for pair in pairs if _within(normal, pair[0])), key=lambda pair: len(pair[0]), default=None)
+    if best is None:
+        return normal
+    rest = normal[len(best[0]) :].lstrip("/") if best[0] != "/" else normal.lstrip("/")
+    return os.path.join(best[1], rest) if rest else best[1]
 
 
 # --- Schema of the TOML file -------------------------------------------------------------
 
-_TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "roots"}
-_JELLYFIN_KEYS = {"url", "api_key", "api_key_file", "timeout"}
+_TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "roots", "path_map"}
+_JELLYFIN_KEYS = {
+    "url",
+    "api_key",
+    "api_key_file",
+    "timeout",
+    "server",
+    "username",
+    "password_file",
+    "ca_bundle",
+    "verify",
+    "library_interval",
+}
+_REFRESH_KEYS = {"scope", "gate"}
+_PATH_MAP_KEYS = {"jellyfin", "local"}
 _WATCH_KEYS = {
     "quiet_period",
     "max_wait",
@@ -226,7 +291,9 @@ def load(
     _check_keys(data, _TOP_KEYS, where, "")
     jellyfin = _table(data, "jellyfin", where)
     watch = _table(data, "watch", where)
+    refresh = _table(data, "refresh", where)
     _check_keys(jellyfin, _JELLYFIN_KEYS, where, "jellyfin.")
+    _check_keys(refresh, _REFRESH_KEYS, where, "refresh.")
     _check_keys(watch, _WATCH_KEYS, where, "watch.")
 
     def pick(flag: str, env: str | None, table: Mapping[str, Any], key: str) -> tuple[Any, str]:
@@ -286,9 +353,55 @@ def load(
         if log_format not in LOG_FORMATS:
             raise ConfigError(f"{format_source}: expected one of {', '.join(LOG_FORMATS)}, got {format_value!r}")
 
+    def choice(table: Mapping[str, Any], section: str, key: str, choices: tuple[str, ...]) -> str:
+        if key not in table:
+            return choices[0]
+        value = table[key]
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise ConfigError(f"{where}: {section}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    scope = choice(refresh, "refresh", "scope", SCOPES)
+    gate = choice(refresh, "refresh", "gate", GATES)
+    if gate == "library" and scope == "server":
+        raise ConfigError(
+            f"{where}: refresh.gate = \"library\" needs refresh.scope = \"library\" or \"path\" "
+            "(a server-wide refresh scans every library, so every root must be healthy)"
+        )
+    server = choice(jellyfin, "jellyfin", "server", SERVERS)
+    verify: bool | str = True
+    if "verify" in jellyfin:
+        verify = _bool(jellyfin["verify"], f"{where}: jellyfin.verify")
+    if "ca_bundle" in jellyfin:
+        if verify is False:
+            raise ConfigError(f"{where}: jellyfin.ca_bundle and jellyfin.verify = false contradict each other; keep one")
+        verify = str(Path(_string(jellyfin["ca_bundle"], f"{where}: jellyfin.ca_bundle")).expanduser())
+    username = None
+    password = None
+    if "username" in jellyfin:
+        username = _string(jellyfin["username"], f"{where}: jellyfin.username")
+        if "password_file" not in jellyfin:
+            raise ConfigError(f"{where}: jellyfin.username needs jellyfin.password_file (a file holding the password)")
+    if "password_file" in jellyfin:
+        if username is None:
+            raise ConfigError(f"{where}: jellyfin.password_file needs jellyfin.username")
+        source = f"{where}: jellyfin.password_file"
+        password = _read_key_file(Path(_string(jellyfin["password_file"], source)).expanduser(), source, "password")
+    library_interval = DEFAULT_LIBRARY_INTERVAL
+    if "library_interval" in jellyfin:
+        library_interval = _seconds(jellyfin["library_interval"], f"{where}: jellyfin.library_interval", 1.0)
+
     return Config(
         url=url,
         api_key=_api_key(flags, environ, jellyfin, where),
+        server=server,
+        username=username,
+        password=password,
+        verify=verify,
+        library_interval=library_interval,
+        scope=scope,
+        gate=gate,
+        path_map=_path_map(data.get("path_map"), where),
         roots=roots,
         quiet_period=quiet_period,
         max_wait=max_wait,
@@ -428,6 +541,29 @@ def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root,
     return tuple(roots)
 
 
+def _path_map(entries: Any, where: str) -> tuple[PathMapping, ...]:
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{where}: path_map: expected [[path_map]] tables with jellyfin = \"...\" and local = \"...\"")
+    mappings = []
+    for index, entry in enumerate(entries, start=1):
+        source = f"{where}: path_map[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: expected a table with jellyfin = \"...\" and local = \"...\"")
+        _check_keys(entry, _PATH_MAP_KEYS, where, f"path_map[{index}].")
+        pair = []
+        for key in ("jellyfin", "local"):
+            if key not in entry:
+                raise ConfigError(f"{source}: missing key {key}")
+            value = _string(entry[key], f"{source}.{key}")
+            if not value.startswith("/"):
+                raise ConfigError(f"{source}.{key}: expected an absolute path, got {value!r}")
+            pair.append(os.path.normpath(value))
+        mappings.append(PathMapping(*pair))
+    return tuple(mappings)
+
+
 def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Mapping[str, Any], where: str) -> Secret | None:
     """The API key: --api-key-file, $JELLYFIN_API_KEY, $JELLYFIN_API_KEY_FILE, the systemd
     credential, then jellyfin.api_key_file / jellyfin.api_key in the file."""
@@ -456,22 +592,26 @@ def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Map
     return None
 
 
-def _read_key_file(path: Path, source: str) -> Secret:
+def _read_key_file(path: Path, source: str, what: str = "API key") -> Secret:
+    """Read a secret from a file; warn when other users can read it."""
     try:
         text = path.read_text(encoding="utf-8").strip()
+        mode = path.stat().st_mode
     except FileNotFoundError:
         if _looks_like_a_key(str(path)):
             # Someone gave the key itself where a file name belongs: do not echo it.
-            raise ConfigError(f"{source}: expects the name of a file holding the API key, not the key itself") from None
-        raise ConfigError(f"{source}: API key file {path} not found") from None
+            raise ConfigError(f"{source}: expects the name of a file holding the {what}, not the {what} itself") from None
+        raise ConfigError(f"{source}: {what} file {path} not found") from None
     except PermissionError:
-        raise ConfigError(f"{source}: permission denied reading the API key file {path}") from None
+        raise ConfigError(f"{source}: permission denied reading the {what} file {path}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{source}: {path} is a directory, expected a file holding the API key") from None
+        raise ConfigError(f"{source}: {path} is a directory, expected a file holding the {what}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{source}: cannot read the API key file {path}: {error.__class__.__name__}") from None
+        raise ConfigError(f"{source}: cannot read the {what} file {path}: {error.__class__.__name__}") from None
     if not text:
-        raise ConfigError(f"{source}: the API key file {path} is empty")
+        raise ConfigError(f"{source}: the {what} file {path} is empty")
+    if mode & 0o004:
+        logger.warning("the %s file %s is readable by every user: chmod 600 %s", what, path, path)
     return Secret(text)
 
 

@@ -9,7 +9,7 @@ never-ending download from postponing the refresh forever, unlike Jellyfin's own
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,11 @@ class Batch:
     changes: int
     first_change: float
     last_change: float
+    folders: frozenset[str] = field(default=frozenset(), compare=False)
+    """Folders whose entries changed (for path-scoped refreshes); at most
+    ``MAX_FOLDERS`` per root — a root with more is listed in ``whole_roots``."""
+    whole_roots: frozenset[str] = field(default=frozenset(), compare=False)
+    """Roots changed in too many places (or wholesale) to list folders."""
 
     def merge(self, other: Batch) -> Batch:
         """One batch holding the changes of both."""
@@ -33,7 +38,13 @@ class Batch:
             changes=self.changes + other.changes,
             first_change=min(self.first_change, other.first_change),
             last_change=max(self.last_change, other.last_change),
+            folders=self.folders | other.folders,
+            whole_roots=self.whole_roots | other.whole_roots,
         )
+
+
+MAX_FOLDERS = 1000
+"""Changed folders remembered per root and batch; beyond that the whole root counts."""
 
 
 class Debouncer:
@@ -50,36 +61,60 @@ class Debouncer:
             raise ValueError("quiet_period and max_wait must be ≥ 0 seconds")
         self.quiet_period = quiet_period
         self.max_wait = max_wait
-        self._roots: set[str] = set()
-        self._changes = 0
+        self._counts: dict[str, int] = {}
+        self._folders: dict[str, set[str]] = {}
+        self._whole: set[str] = set()
         self._first = 0.0
         self._last = 0.0
 
     @property
     def pending(self) -> Batch | None:
         """The batch being collected, or None."""
-        if not self._changes:
+        if not self._counts:
             return None
-        return Batch(frozenset(self._roots), self._changes, self._first, self._last)
+        return Batch(
+            frozenset(self._counts),
+            sum(self._counts.values()),
+            self._first,
+            self._last,
+            frozenset().union(*self._folders.values()),
+            frozenset(self._whole),
+        )
 
-    def add(self, now: float, root: str, changes: int = 1) -> None:
-        """Count ``changes`` relevant changes under ``root`` at clock reading ``now``."""
+    def add(self, now: float, root: str, changes: int = 1, folder: str | None = None) -> None:
+        """Count ``changes`` relevant changes under ``root`` at clock reading ``now``.
+
+        ``folder``: the folder whose entries changed; None means the root as a whole
+        (e.g. it came back from an unmount, or events were lost).
+        """
         if changes <= 0:
             return
-        if not self._changes:
+        if not self._counts:
             self._first = now
-        self._last = max(self._last, now) if self._changes else now
-        self._changes += changes
-        self._roots.add(root)
+            self._last = now
+        else:
+            self._last = max(self._last, now)
+        self._counts[root] = self._counts.get(root, 0) + changes
+        if root in self._whole:
+            return
+        if folder is None:
+            self._whole.add(root)
+            self._folders.pop(root, None)
+            return
+        folders = self._folders.setdefault(root, set())
+        folders.add(folder)
+        if len(folders) > MAX_FOLDERS:
+            self._whole.add(root)
+            del self._folders[root]
 
     def add_many(self, now: float, roots: Iterable[str]) -> None:
-        """Count one change under each of ``roots`` (e.g. all roots after lost events)."""
+        """Count one change under each of ``roots``, each as a whole (e.g. after lost events)."""
         for root in roots:
             self.add(now, root)
 
     def deadline(self) -> float | None:
         """Clock reading at which the pending batch is due, or None when nothing is pending."""
-        if not self._changes:
+        if not self._counts:
             return None
         return min(self._last + self.quiet_period, self._first + self.max_wait)
 
@@ -88,22 +123,55 @@ class Debouncer:
         deadline = self.deadline()
         return deadline is not None and now >= deadline
 
-    def take(self) -> Batch | None:
-        """Remove and return the pending batch (None if there is none)."""
+    def take(self, roots: Iterable[str] | None = None) -> Batch | None:
+        """Remove and return the pending batch (None if there is none).
+
+        With ``roots``, only the changes under those roots are taken; the rest stays
+        pending with its timing.
+        """
         batch = self.pending
-        self._roots = set()
-        self._changes = 0
+        if batch is None:
+            return None
+        if roots is not None:
+            wanted = set(roots) & set(self._counts)
+            if not wanted:
+                return None
+            if wanted != set(self._counts):
+                taken = Batch(
+                    frozenset(wanted),
+                    sum(self._counts[root] for root in wanted),
+                    self._first,
+                    self._last,
+                    frozenset().union(*(self._folders.get(root, set()) for root in wanted)),
+                    frozenset(self._whole & wanted),
+                )
+                for root in wanted:
+                    del self._counts[root]
+                    self._folders.pop(root, None)
+                    self._whole.discard(root)
+                return taken
+        self._counts, self._folders, self._whole = {}, {}, set()
         self._first = self._last = 0.0
         return batch
 
     def restore(self, batch: Batch) -> None:
         """Put back a batch whose refresh did not happen, merged with anything newer.
 
-        Its age is kept, so a restored batch stays due; it is never dropped.
+        Its age is kept, so a restored batch stays due; it is never dropped. Its change
+        count is credited to its first root (per-root counts are not kept in a Batch).
         """
-        pending = self.pending
-        merged = batch if pending is None else batch.merge(pending)
-        self._roots = set(merged.roots)
-        self._changes = merged.changes
-        self._first = merged.first_change
-        self._last = merged.last_change
+        first, last = batch.first_change, batch.last_change
+        if self._counts:
+            first, last = min(first, self._first), max(last, self._last)
+        roots = sorted(batch.roots)
+        for index, root in enumerate(roots):
+            count = batch.changes - (len(roots) - 1) if index == 0 else 1
+            self._counts[root] = self._counts.get(root, 0) + max(count, 1)
+            if root in batch.whole_roots or root in self._whole:
+                self._whole.add(root)
+                self._folders.pop(root, None)
+                continue
+            folders = {folder for folder in batch.folders if folder == root or folder.startswith(root.rstrip("/") + "/")}
+            if folders or root not in self._folders:
+                self._folders.setdefault(root, set()).update(folders)
+        self._first, self._last = first, last

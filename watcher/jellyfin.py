@@ -2,21 +2,39 @@
 
 Endpoints (Jellyfin 10.11 OpenAPI spec; FACTS.md "Jellyfin server API"):
 
-* ``GET /Library/VirtualFolders``: the libraries and their folders (``Locations``).
-* ``GET /ScheduledTasks``: the library scan is the task with ``Key == "RefreshLibrary"``.
-* ``POST /Library/Refresh``: scan every library. It *cancels a running scan and queues a new
-  one* (``TaskManager.CancelIfRunningAndQueue``), so callers check the task first.
-* ``GET /System/Info``: needs a valid key; used to test it.
+* ``GET /System/Info/Public`` (no auth): server name and version. ``GET /System/Info``
+  needs a valid key: used to test it.
+* ``GET /Library/VirtualFolders``: the libraries, their folders (``Locations``), ``ItemId``
+  (32 hex digits) and ``LibraryOptions`` (``EnableRealtimeMonitor``).
+* ``GET /ScheduledTasks``: the library scan is the task with ``Key == "RefreshLibrary"``
+  (its ``Name`` is translated).
+* ``POST /Library/Refresh``: scan every library. It *cancels a running scan and queues a
+  new one* (``TaskManager.CancelIfRunningAndQueue``), so callers check the task first.
+* ``POST /Items/{itemId}/Refresh`` on a library: rescans that library's folders only.
+  ``itemId`` is ``format: uuid``: sent in the dashed form.
+* ``POST /Library/Media/Updated``: hands paths to Jellyfin's own library monitor, which
+  ignores ``UpdateType`` and waits its ``LibraryMonitorDelay`` (60 s by default).
+* ``POST /Library/VirtualFolders/LibraryOptions``, ``POST /ScheduledTasks/{id}/Triggers``:
+  used by ``doctor --fix``.
+* ``POST /Users/AuthenticateByName``: log in with a user name and password; the header
+  must carry ``Client``, ``Device``, ``DeviceId`` and ``Version`` or the server answers 400.
 
 Authentication is the header ``Authorization: MediaBrowser Token="…", Client=…, Version=…``,
-the only form Jellyfin 12.0 still accepts (legacy ``X-Emby-Token`` and ``api_key`` are off
-there). The key never appears in a URL, a log line or an exception message.
+the only form Jellyfin 12.0 still accepts. Emby (``server = "emby"``) serves the same
+endpoints under ``/emby``, takes ``X-Emby-Token`` and answers 200 where Jellyfin answers 204.
+The key, token and password never appear in a URL, a log line or an exception message.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -31,6 +49,17 @@ logger = logging.getLogger(__name__)
 
 CLIENT_NAME = "jellyfin-watcher"
 LIBRARY_SCAN_TASK_KEY = "RefreshLibrary"
+TOKEN_FILE = "token.json"
+
+LIBRARY_REFRESH_PARAMETERS = {
+    "metadataRefreshMode": "Default",
+    "imageRefreshMode": "Default",
+    "replaceAllMetadata": "false",
+    "replaceAllImages": "false",
+    "regenerateTrickplay": "false",
+}
+"""What the Dashboard's "Scan library" sends for one library: find new and removed files,
+fetch metadata and images only where missing, replace nothing."""
 
 # Quick retries inside one call, for a connection reset or a server that is starting
 # (every Jellyfin operation may answer 503 while it starts). Longer outages are the
@@ -52,45 +81,83 @@ TRANSIENT_RETRY = Retry(
 @dataclass(frozen=True, slots=True)
 class Library:
     """A Jellyfin library ("virtual folder"): ``item_id`` is 32 hex digits, ``locations``
-    the folders as Jellyfin sees them."""
+    the folders as Jellyfin sees them, ``options`` its ``LibraryOptions`` object."""
 
     name: str
     item_id: str
     locations: tuple[str, ...]
     collection_type: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def realtime_monitor(self) -> bool:
+        return bool(self.options.get("EnableRealtimeMonitor"))
+
+
+@dataclass(frozen=True, slots=True)
+class UserLogin:
+    """Log in as a user instead of using an API key; the token is cached in ``cache_dir``."""
+
+    username: str
+    password: Secret
+    cache_dir: Path
 
 
 class JellyfinClient:
-    """A ``requests.Session`` bound to one server and key.
+    """A ``requests.Session`` bound to one server and one way of authenticating.
 
     ``url``: the server's base URL (a reverse-proxy prefix included), no trailing slash.
-    ``timeout``: seconds, for every request. Methods raise :class:`ServerUnavailable`,
+    ``credentials``: an API key, or a :class:`UserLogin`. ``timeout``: seconds, for every
+    request. ``verify``: TLS verification (True, False or a CA bundle path).
+    ``server``: ``"jellyfin"`` or ``"emby"``. Methods raise :class:`ServerUnavailable`,
     :class:`KeyRejected` or :class:`RequestRejected`.
     """
 
-    def __init__(self, url: str, api_key: Secret, timeout: float, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        credentials: Secret | UserLogin,
+        timeout: float,
+        verify: bool | str = True,
+        server: str = "jellyfin",
+        session: requests.Session | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.server = server
+        self._prefix = "/emby" if server == "emby" else ""
+        self._login = credentials if isinstance(credentials, UserLogin) else None
         self.session = session or requests.Session()
+        self.session.verify = verify
         adapter = HTTPAdapter(max_retries=TRANSIENT_RETRY)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.headers["Authorization"] = (
-            f'MediaBrowser Token="{api_key.reveal()}", Client="{CLIENT_NAME}", Version="{__version__}"'
-        )
         self.session.headers["User-Agent"] = f"{CLIENT_NAME}/{__version__}"
+        if isinstance(credentials, Secret):
+            self._set_token(credentials.reveal())
+        elif self._login is not None:
+            cached = self._cached_token()
+            if cached:
+                self._set_token(cached)
 
     def close(self) -> None:
         self.session.close()
 
+    # --- endpoints ---------------------------------------------------------------------
+
+    def public_info(self) -> dict[str, Any]:
+        """``GET /System/Info/Public`` (no auth): ``ServerName``, ``Version``, ``Id``."""
+        info = self._request("GET", "/System/Info/Public", authenticate=False).json()
+        return info if isinstance(info, dict) else {}
+
     def server_info(self) -> dict[str, Any]:
         """``GET /System/Info`` (needs a valid key): ``ServerName``, ``Version``, …"""
-        info = self._request("GET", "/System/Info").json()
+        info = self._json("GET", "/System/Info")
         return info if isinstance(info, dict) else {}
 
     def libraries(self) -> list[Library]:
-        """``GET /Library/VirtualFolders``: every library with its locations."""
-        folders = self._request("GET", "/Library/VirtualFolders").json()
+        """``GET /Library/VirtualFolders``: every library with its locations and options."""
+        folders = self._json("GET", "/Library/VirtualFolders")
         libraries = []
         for folder in folders if isinstance(folders, list) else []:
             libraries.append(
@@ -99,40 +166,147 @@ class JellyfinClient:
                     item_id=str(folder.get("ItemId") or ""),
                     locations=tuple(str(location) for location in folder.get("Locations") or ()),
                     collection_type=folder.get("CollectionType"),
+                    options=dict(folder.get("LibraryOptions") or {}),
                 )
             )
         return libraries
 
-    def library_scan_running(self) -> bool:
-        """Whether the "Scan Media Library" task (``Key == "RefreshLibrary"``) is running.
+    def scheduled_tasks(self) -> list[dict[str, Any]]:
+        """``GET /ScheduledTasks``: ``TaskInfo`` objects."""
+        tasks = self._json("GET", "/ScheduledTasks")
+        return [task for task in tasks if isinstance(task, dict)] if isinstance(tasks, list) else []
 
-        ``GET /ScheduledTasks``; matched on ``Key`` because ``Name`` is translated.
-        """
-        tasks = self._request("GET", "/ScheduledTasks").json()
-        for task in tasks if isinstance(tasks, list) else []:
-            if task.get("Key") == LIBRARY_SCAN_TASK_KEY:
-                return task.get("State") in ("Running", "Cancelling")
-        return False
+    def library_scan_task(self) -> dict[str, Any] | None:
+        """The "Scan Media Library" task (``Key == "RefreshLibrary"``), or None."""
+        return next((task for task in self.scheduled_tasks() if task.get("Key") == LIBRARY_SCAN_TASK_KEY), None)
+
+    def library_scan_running(self) -> bool:
+        """Whether the library scan task is running (or being cancelled)."""
+        task = self.library_scan_task()
+        return task is not None and task.get("State") in ("Running", "Cancelling")
 
     def refresh_library(self) -> None:
         """``POST /Library/Refresh``: scan all libraries. Any 2xx is success."""
         self._request("POST", "/Library/Refresh")
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = self.url + path
-        what = f"{method} {path}"
+    def refresh_item(self, item_id: str) -> None:
+        """``POST /Items/{itemId}/Refresh`` with :data:`LIBRARY_REFRESH_PARAMETERS`."""
+        self._request("POST", f"/Items/{dashed(item_id)}/Refresh", params=LIBRARY_REFRESH_PARAMETERS)
+
+    def media_updated(self, paths: Sequence[str]) -> None:
+        """``POST /Library/Media/Updated`` with one update per path (as Jellyfin sees it)."""
+        updates = [{"Path": path, "UpdateType": "Modified"} for path in paths]
+        self._request("POST", "/Library/Media/Updated", json={"Updates": updates})
+
+    def set_library_options(self, item_id: str, options: dict[str, Any]) -> None:
+        """``POST /Library/VirtualFolders/LibraryOptions``: replace a library's options."""
+        self._request("POST", "/Library/VirtualFolders/LibraryOptions", json={"Id": dashed(item_id), "LibraryOptions": options})
+
+    def set_triggers(self, task_id: str, triggers: list[dict[str, Any]]) -> None:
+        """``POST /ScheduledTasks/{taskId}/Triggers``: replace a task's triggers (``[]``: none)."""
+        self._request("POST", f"/ScheduledTasks/{task_id}/Triggers", json=triggers)
+
+    # --- authentication ----------------------------------------------------------------
+
+    def _set_token(self, token: str) -> None:
+        self.session.headers.pop("Authorization", None)
+        self.session.headers.pop("X-Emby-Token", None)
+        if self.server == "emby":
+            self.session.headers["X-Emby-Token"] = token
+        else:
+            self.session.headers["Authorization"] = (
+                f'MediaBrowser Token="{token}", Client="{CLIENT_NAME}", Version="{__version__}"'
+            )
+
+    def login(self) -> None:
+        """``POST /Users/AuthenticateByName`` with the configured user; caches the token
+        (mode 0600). Raises KeyRejected on a wrong user name or password."""
+        assert self._login is not None
+        device = socket.gethostname() or "jellyfin-watcher"
+        device_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{device}:{self._login.cache_dir}").hex
+        header = f'MediaBrowser Client="{CLIENT_NAME}", Device="{device}", DeviceId="{device_id}", Version="{__version__}"'
+        headers = {"X-Emby-Authorization" if self.server == "emby" else "Authorization": header}
+        body = {"Username": self._login.username, "Pw": self._login.password.reveal()}
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            response = self._request("POST", "/Users/AuthenticateByName", authenticate=False, json=body, headers=headers)
+        except KeyRejected:
+            raise KeyRejected(
+                f"Jellyfin at {self.url} rejected the login of user {self._login.username!r}: check jellyfin.username "
+                "and the password file"
+            ) from None
+        token = response.json().get("AccessToken") if response.content else None
+        if not isinstance(token, str) or not token:
+            raise RequestRejected(f"Jellyfin at {self.url} answered the login without an access token")
+        self._set_token(token)
+        self._store_token(token)
+        logger.info("logged in to %s as %s", self.url, self._login.username)
+
+    def _cached_token(self) -> str | None:
+        assert self._login is not None
+        try:
+            data = json.loads((self._login.cache_dir / TOKEN_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict) and data.get("url") == self.url and data.get("username") == self._login.username:
+            token = data.get("token")
+            return token if isinstance(token, str) and token else None
+        return None
+
+    def _store_token(self, token: str) -> None:
+        assert self._login is not None
+        path = self._login.cache_dir / TOKEN_FILE
+        try:
+            self._login.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+                json.dump({"url": self.url, "username": self._login.username, "token": token}, file)
+            os.chmod(path, 0o600)
+        except OSError as error:
+            logger.warning("cannot cache the access token in %s: %s", path, error.strerror or error)
+
+    # --- transport ---------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _request(self, method: str, path: str, authenticate: bool = True, **kwargs: Any) -> requests.Response:
+        if authenticate and self._login is not None and not self._has_token():
+            self.login()
+        try:
+            return self._send(method, path, authenticate, **kwargs)
+        except KeyRejected:
+            if not (authenticate and self._login is not None):
+                raise
+            self.login()  # the cached token expired or was revoked: once more, with a new one
+            return self._send(method, path, authenticate, **kwargs)
+
+    def _has_token(self) -> bool:
+        return "Authorization" in self.session.headers or "X-Emby-Token" in self.session.headers
+
+    def _send(self, method: str, path: str, authenticate: bool, **kwargs: Any) -> requests.Response:
+        url = self.url + self._prefix + path
+        what = f"{method} {path}"
+        headers = dict(kwargs.pop("headers", None) or {})
+        if not authenticate:
+            # No token on unauthenticated calls (login, public info).
+            headers.setdefault("Authorization", None)  # type: ignore[arg-type]
+            headers.setdefault("X-Emby-Token", None)  # type: ignore[arg-type]
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, headers=headers or None, **kwargs)
         except requests.exceptions.SSLError as error:
             raise ServerUnavailable(
-                f"TLS failure talking to {self.url} ({_first_line(error)}): check the certificate"
+                f"TLS failure talking to {self.url} ({_first_line(error)}): set jellyfin.ca_bundle to your "
+                "certificate authority's file, or jellyfin.verify = false for a self-signed certificate"
             ) from None
         except requests.exceptions.ConnectTimeout:
             raise ServerUnavailable(f"no connection to {self.url} within {self.timeout:g} s: check the URL and port") from None
         except requests.exceptions.Timeout:
             raise ServerUnavailable(f"{what}: no answer from {self.url} within {self.timeout:g} s") from None
         except requests.exceptions.ConnectionError:
-            raise ServerUnavailable(f"cannot connect to Jellyfin at {self.url}: check the URL and port, and that Jellyfin is running") from None
+            raise ServerUnavailable(
+                f"cannot connect to Jellyfin at {self.url}: check the URL and port, and that Jellyfin is running"
+            ) from None
         except requests.exceptions.RequestException as error:
             raise ServerUnavailable(f"{what} to {self.url} failed: {_first_line(error)}") from None
         status = response.status_code
@@ -145,8 +319,18 @@ class JellyfinClient:
             )
         if status >= 500:
             raise ServerUnavailable(f"Jellyfin answered HTTP {status} to {what}")
-        hint = ": is the URL right, including a reverse-proxy base path such as /jellyfin?" if status == 404 else ""
+        hint = ""
+        if status == 404:
+            hint = ": is the URL right, including a reverse-proxy base path such as https://host/jellyfin?"
         raise RequestRejected(f"Jellyfin answered HTTP {status} to {what}{hint}")
+
+
+def dashed(item_id: str) -> str:
+    """``ItemId`` as Jellyfin lists it (32 hex digits) → the dashed UUID form the spec wants."""
+    try:
+        return str(uuid.UUID(item_id))
+    except ValueError:
+        return item_id
 
 
 def _first_line(error: BaseException) -> str:

@@ -38,6 +38,7 @@ from watcher.filters import IgnoreFilter
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.notify import Notifier
+from watcher.scope import RefreshRequest, plan
 from watcher.state import PendingChanges, SavedState, StateStore
 from watcher.verify import Coverage, coverage
 from watcher.watch import Change, EventsLost, MountMonitor, MountsChanged, RootWatcher
@@ -147,6 +148,7 @@ class Service:
         self._failures = 0
         self._next_health = 0.0
         self._next_keepalive = float("inf")
+        self._next_libraries = float("inf")
         self._held: str = ""
         self._waiting_for_scan = False
         self._last_error = ""
@@ -199,6 +201,8 @@ class Service:
             )
             if self._notifier.watchdog_interval:
                 self._next_keepalive = self._clock()
+            if not self.config.roots and self._client is not None:
+                self._next_libraries = self._clock() + self.config.library_interval
             self._publish(self._clock(), force=True)
             self._notifier.notify(READY="1", STATUS=self._published.status_line)
             self._loop()
@@ -222,7 +226,9 @@ class Service:
     def _loop(self) -> None:
         while not self._stop.is_set():
             now = self._clock()
-            wake_at = min(self._next_health, self._next_attempt() or float("inf"), self._next_keepalive)
+            wake_at = min(
+                self._next_health, self._next_attempt() or float("inf"), self._next_keepalive, self._next_libraries
+            )
             try:
                 item = self._queue.get(timeout=max(0.0, wake_at - now))
             except Empty:
@@ -251,6 +257,8 @@ class Service:
                 self._next_keepalive = now + (self._notifier.watchdog_interval or float("inf"))
             if reload:
                 self._apply_reload(now)
+            elif now >= self._next_libraries:
+                self._reread_libraries(now)
             if not pending_before and self._debouncer.pending is not None:
                 self._save()
             if mounts_changed or now >= self._next_health:
@@ -279,7 +287,9 @@ class Service:
             self._next_health = now
         if self._ignore.ignores_all(change.root, paths):
             return
-        self._debouncer.add(now, change.root)
+        for path in paths:
+            if path == change.root or path.startswith(change.root.rstrip("/") + "/"):
+                self._debouncer.add(now, change.root, folder=os.path.dirname(path) or change.root)
 
     # --- health ------------------------------------------------------------------------
 
@@ -376,17 +386,13 @@ class Service:
                 logger.error("%s", problem)
                 record.problem = problem
 
-    def _not_ready(self, now: float) -> list[str]:
-        """Why each root that blocks a refresh does so (empty: every root is ready)."""
-        reasons = []
-        for record in self._records.values():
-            if record.health is not None and not record.health.healthy:
-                reasons.append(record.health.describe())
-            elif record.back_since is not None:
-                reasons.append(
-                    f"{record.key} is back but settling ({now - record.back_since:.0f} s of {self.config.settle:g} s)"
-                )
-        return reasons
+    def _reason(self, record: _RootRecord, now: float) -> str:
+        """Why ``record`` blocks a refresh ("" when it is ready)."""
+        if record.health is not None and not record.health.healthy:
+            return record.health.describe()
+        if record.back_since is not None:
+            return f"{record.key} is back but settling ({now - record.back_since:.0f} s of {self.config.settle:g} s)"
+        return ""
 
     # --- refresh -----------------------------------------------------------------------
 
@@ -396,45 +402,92 @@ class Service:
             raise Interrupted
         batch = self._debouncer.pending
         assert batch is not None
-        not_ready = self._not_ready(now)
-        if not_ready:
-            held = "; ".join(not_ready)
+        ready_roots, blocked = self._gate(batch, now)
+        if blocked:
+            held = "; ".join(blocked)
             if held != self._held:
-                logger.warning("refresh suppressed: %s; keeping %d changes until every root is healthy", held, batch.changes)
+                kept = batch.changes if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
+                logger.warning("refresh suppressed: %s; keeping %s until every root is healthy", held, kept)
                 self._held = held
             self._retry_at = now + SUPPRESSED_RECHECK
-            return
-        if self._held:
+            if not ready_roots:
+                return
+        elif self._held:
             logger.info("every root is healthy again: sending the kept batch")
             self._held = ""
-        description = f"{batch.changes} changes under {_list(batch.roots)}"
+        if ready_roots == batch.roots:
+            description = f"{batch.changes} changes under {_list(batch.roots)}"
+        else:
+            description = f"the changes under {_list(ready_roots)}"
         logger.info("batch due: %s", description)
-        if self._client is None:
-            self._debouncer.take()
-            self._refreshed(now, "dry run: not sent")
-            logger.info("dry run: would send POST /Library/Refresh for %s", description)
-            return
         client = self._client
-        try:
-            if self._call(client.library_scan_running):
-                if not self._waiting_for_scan:
-                    logger.info("a library scan is running in Jellyfin: waiting for it to end before refreshing")
-                    self._waiting_for_scan = True
-                self._retry_at = self._clock() + SCAN_RUNNING_RECHECK
+        if client is not None and self.config.scope == "server":
+            try:
+                if self._call(client.library_scan_running):
+                    if not self._waiting_for_scan:
+                        logger.info("a library scan is running in Jellyfin: waiting for it to end before refreshing")
+                        self._waiting_for_scan = True
+                    self._retry_at = self._clock() + SCAN_RUNNING_RECHECK
+                    return
+            except JellyfinError as error:
+                self._failed(error, batch)
                 return
             self._waiting_for_scan = False
-            taken = self._debouncer.take()
-            assert taken is not None
-            try:
-                self._call(client.refresh_library)
-            except BaseException:
-                self._debouncer.restore(taken)
-                raise
-        except JellyfinError as error:
-            self._failed(error, batch)
+        taken = self._debouncer.take(ready_roots)
+        if taken is None:
             return
+        roots = {key: record.root for key, record in self._records.items()}
+        requests = plan(taken, roots, self.config.scope, self.config.jellyfin_path)
+        if client is None:
+            for request in requests:
+                logger.info("dry run: would send %s for %s", request.describe(), description)
+            self._refreshed(now, "dry run: not sent")
+            return
+        sent: set[str] = set()
+        try:
+            for request in requests:
+                self._call(lambda request=request: self._send(client, request))
+                sent |= request.roots
+                logger.info("refresh sent: %s for %s", request.describe(), description)
+        except BaseException as error:
+            unsent = taken.roots - sent
+            self._debouncer.restore(_part(taken, unsent) if sent else taken)
+            if isinstance(error, JellyfinError):
+                self._failed(error, taken)
+                return
+            raise
         self._refreshed(now, "sent")
-        logger.info("refresh sent: POST /Library/Refresh for %s", description)
+
+    @staticmethod
+    def _send(client: JellyfinClient, request: RefreshRequest) -> None:
+        if request.kind == "server":
+            client.refresh_library()
+        elif request.kind == "library":
+            assert request.library_id is not None
+            client.refresh_item(request.library_id)
+        else:
+            client.media_updated(request.paths)
+
+    def _gate(self, batch: Batch, now: float) -> tuple[frozenset[str], list[str]]:
+        """Which of the batch's roots may be refreshed now, and why the others may not.
+
+        ``gate = "all"`` (or a server-wide scope): every root must be ready, else nothing
+        goes. ``gate = "library"``: a library may be refreshed when all of *its* roots are
+        ready; a root with no known library needs every root ready.
+        """
+        blocked = {record.key: reason for record in self._records.values() if (reason := self._reason(record, now))}
+        if not blocked:
+            return batch.roots, []
+        if self.config.gate == "all" or self.config.scope == "server":
+            return frozenset(), list(blocked.values())
+        library_of = {key: record.root.library_id for key, record in self._records.items()}
+        blocked_libraries = {library_of[key] for key in blocked}
+        wanted = {library_of.get(key) for key in batch.roots}
+        ready = frozenset(
+            key for key in batch.roots if library_of.get(key) is not None and library_of[key] not in blocked_libraries
+        )
+        relevant = [reason for key, reason in blocked.items() if None in wanted or library_of[key] in wanted]
+        return ready, relevant
 
     def _refreshed(self, now: float, result: str) -> None:
         self.refreshes += 1
@@ -501,19 +554,40 @@ class Service:
         self._debouncer.quiet_period = config.quiet_period
         self._debouncer.max_wait = config.max_wait
         self._ignore = IgnoreFilter(config.ignore)
+        self._set_roots(roots, "configuration")
+        logger.info("configuration reloaded")
+        self._check_health(now)
+
+    def _reread_libraries(self, now: float) -> None:
+        """Every ``library_interval``: pick up libraries added or removed in Jellyfin."""
+        self._next_libraries = now + self.config.library_interval
+        try:
+            roots = self._call(lambda: self._resolve_roots(self.config))
+        except (ConfigError, JellyfinError) as error:
+            logger.warning("cannot re-read the libraries from Jellyfin: %s; keeping the current roots", error)
+            return
+        if self._set_roots(roots, "Jellyfin's libraries"):
+            self._check_health(now)
+
+    def _set_roots(self, roots: Sequence[Root], source: str) -> bool:
+        """Watch the new roots and drop the removed ones, one log line each. True if the
+        set changed. The pending batch is kept whole."""
         wanted = {str(root.path): root for root in roots}
+        changed = False
         for key in sorted(set(self._records) - set(wanted)):
             self._watcher.unwatch(self._records.pop(key).root.path)
-            logger.info("no longer watching %s (removed from the configuration)", key)
+            logger.info("no longer watching %s (removed from %s)", key, source)
+            changed = True
         for key, root in wanted.items():
             record = self._records.get(key)
             if record is None:
                 self._records[key] = _RootRecord(root)
-                logger.info("now watching %s (added to the configuration)", key)
+                library = f", library {root.library_name}" if root.library_name else ""
+                logger.info("now watching %s (added to %s%s)", key, source, library)
+                changed = True
             elif record.root != root:
                 record.root = root
-        logger.info("configuration reloaded")
-        self._check_health(now)
+        return changed
 
     # --- start-up, state and status --------------------------------------------------
 
@@ -624,6 +698,13 @@ def _status_line(document: dict[str, Any]) -> str:
     if last:
         parts.append(f"last refresh {time.strftime('%H:%M', time.localtime(last['time']))} ({last['result'].split(':')[0]})")
     return " · ".join(parts)
+
+
+def _part(batch: Batch, roots: frozenset[str]) -> Batch:
+    """The part of ``batch`` under ``roots`` (its change count shared out by root)."""
+    share = max(1, batch.changes * len(roots) // max(1, len(batch.roots)))
+    folders = frozenset(f for f in batch.folders if any(f == r or f.startswith(r.rstrip("/") + "/") for r in roots))
+    return Batch(roots, share, batch.first_change, batch.last_change, folders, batch.whole_roots & roots)
 
 
 def _list(roots: Any) -> str:

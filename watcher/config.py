@@ -44,6 +44,28 @@ DEFAULT_SETTLE = 10.0
 """Seconds a root that came back must stay healthy before it is watched again."""
 DEFAULT_HEALTH_INTERVAL = 60.0
 """Seconds between periodic health checks (mount changes trigger one at once on Linux)."""
+DEFAULT_POLL_INTERVAL = 60.0
+"""Seconds between polling cycles of a root watched by polling."""
+DEFAULT_NETWORK_FSTYPES: tuple[str, ...] = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "afs",
+    "ceph",
+    "glusterfs",
+    "davfs",
+    "fuse.sshfs",
+    "fuse.rclone",
+    "fuse.s3fs",
+    "fuse.gvfsd-fuse",
+    "fuse.smbnetfs",
+)
+"""Filesystem types (mount table) whose remote changes inotify cannot see: polled in mode auto."""
+MODES = ("auto", "events", "poll")
+FALLBACKS = ("poll", "none")
 DEFAULT_LIBRARY_INTERVAL = 600.0
 """Seconds between re-reads of Jellyfin's library list (new libraries watched, removed ones dropped)."""
 SCOPES = ("server", "library", "path")
@@ -141,6 +163,12 @@ class Root:
     library_id: str | None = None
     """Jellyfin's ``ItemId`` of the library this root belongs to (32 hex digits), if known."""
     library_name: str | None = None
+    mode: str = "auto"
+    """``events`` (inotify), ``poll``, or ``auto``: poll network filesystems, events elsewhere."""
+    poll_interval: float | None = None
+    """Seconds between polling cycles; None: ``watch.poll_interval``."""
+    fallback: str = "poll"
+    """What to do when inotify cannot watch every folder: ``poll`` the root, or ``none``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +204,8 @@ class Config:
     settle: float = DEFAULT_SETTLE
     health_interval: float = DEFAULT_HEALTH_INTERVAL
     ignore: tuple[str, ...] = DEFAULT_IGNORE
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    network_fstypes: tuple[str, ...] = DEFAULT_NETWORK_FSTYPES
     state_dir: Path = field(default_factory=lambda: default_state_dir({}))
     dry_run: bool = False
     log_level: str = DEFAULT_LOG_LEVEL
@@ -237,10 +267,12 @@ _WATCH_KEYS = {
     "backoff_max",
     "settle",
     "health_interval",
+    "poll_interval",
+    "network_fstypes",
     "ignore",
     "default_ignore",
 }
-_ROOT_KEYS = {"path", "mount"}
+_ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback"}
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -326,6 +358,10 @@ def load(
     backoff_max = seconds("backoff_max", "backoff_max", DEFAULT_BACKOFF_MAX, minimum=1.0)
     settle = seconds("settle", "settle", DEFAULT_SETTLE)
     health_interval = seconds("health_interval", "health_interval", DEFAULT_HEALTH_INTERVAL, minimum=0.1)
+    poll_interval = seconds("poll_interval", "poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.1)
+    network_fstypes = DEFAULT_NETWORK_FSTYPES
+    if "network_fstypes" in watch:
+        network_fstypes = _string_list(watch["network_fstypes"], f"{where}: watch.network_fstypes")
     request_timeout = DEFAULT_REQUEST_TIMEOUT
     if "timeout" in jellyfin:
         request_timeout = _seconds(jellyfin["timeout"], f"{where}: jellyfin.timeout", 1.0)
@@ -411,6 +447,8 @@ def load(
         settle=settle,
         health_interval=health_interval,
         ignore=ignore,
+        poll_interval=poll_interval,
+        network_fstypes=network_fstypes,
         state_dir=state_dir,
         dry_run=dry_run,
         log_level=log_level,
@@ -537,7 +575,16 @@ def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root,
                 raise ConfigError(f"{source}.mount: expected an absolute path, got {str(mount)!r}")
             if not path.is_relative_to(mount):
                 raise ConfigError(f"{source}.mount: {mount} does not contain the root {path}")
-        roots.append(Root(path, mount))
+        mode = entry.get("mode", "auto")
+        if mode not in MODES:
+            raise ConfigError(f"{source}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
+        fallback = entry.get("fallback", "poll")
+        if fallback not in FALLBACKS:
+            raise ConfigError(f"{source}.fallback: expected one of {', '.join(FALLBACKS)}, got {fallback!r}")
+        interval = None
+        if "poll_interval" in entry:
+            interval = _seconds(entry["poll_interval"], f"{source}.poll_interval", 0.1)
+        roots.append(Root(path, mount, mode=mode, poll_interval=interval, fallback=fallback))
     return tuple(roots)
 
 

@@ -24,11 +24,10 @@ class IgnoreFilter:
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
-        if self.patterns:
-            joined = "|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in self.patterns)
-            self._regex: re.Pattern[str] | None = re.compile(joined, re.IGNORECASE | re.DOTALL)
-        else:
-            self._regex = None
+        self.regex = "|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in self.patterns)
+        """The combined pattern, matched case-insensitively against one path component
+        ("" when nothing is ignored); the polling child compiles it too."""
+        self._regex = re.compile(self.regex, re.IGNORECASE | re.DOTALL) if self.patterns else None
 
     def __call__(self, root: str, path: str) -> bool:
         if self._regex is None:

@@ -263,10 +263,15 @@ def _run_probe(paths: list[str], timeout: float, stop: threading.Event | None) -
 
 
 def run_child(
-    program: str, arguments: Sequence[str], timeout: float, stop: threading.Event | None
+    program: str,
+    arguments: Sequence[str],
+    timeout: float,
+    stop: threading.Event | None,
+    stdin: str | None = None,
 ) -> tuple[list[dict[str, object]], bool]:
     """Run ``program`` (Python source, standard library only) in a child process.
 
+    ``stdin`` (optional) is written to the child's standard input by a helper thread.
     The child writes one JSON object per line on stdout. Returns the objects that arrived
     within ``timeout`` seconds, and whether the child finished by then. A child still
     running at the deadline (or when ``stop`` is set) is killed with SIGKILL; one stuck in
@@ -275,12 +280,14 @@ def run_child(
     _reap()
     process = subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", program, *arguments],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         close_fds=True,
     )
     assert process.stdout is not None
+    if stdin is not None:
+        threading.Thread(target=_feed, args=(process, stdin), name="child-stdin", daemon=True).start()
     lines: list[dict[str, object]] = []
     buffer = b""
     finished = False
@@ -312,6 +319,15 @@ def run_child(
             with _unreaped_lock:
                 _unreaped.append(process)
     return lines, finished
+
+
+def _feed(process: subprocess.Popen[bytes], text: str) -> None:
+    assert process.stdin is not None
+    try:
+        process.stdin.write(text.encode("utf-8", "surrogateescape"))
+        process.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the child died or was killed: its result says so
 
 
 def _reap() -> None:

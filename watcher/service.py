@@ -38,6 +38,7 @@ from watcher.filters import IgnoreFilter
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.notify import Notifier
+from watcher.poll import PollResult, RootPoller
 from watcher.scope import RefreshRequest, plan
 from watcher.state import PendingChanges, SavedState, StateStore
 from watcher.verify import Coverage, coverage
@@ -86,6 +87,8 @@ class _RootRecord:
     back_since: float | None = None
     """Clock reading since which a returning root has been healthy (settling)."""
     coverage: Coverage | None = None
+    poller: RootPoller | None = None
+    """Set while the root is watched by polling instead of inotify."""
     problem: str = ""
     """The last watch ERROR logged for this root (logged again only when it changes)."""
 
@@ -209,6 +212,9 @@ class Service:
         finally:
             self._notifier.notify(STOPPING="1")
             monitor.stop()
+            for record in self._records.values():
+                if record.poller is not None:
+                    record.poller.stop()
             self._watcher.stop()
             self._save()
             self._publish(self._clock(), force=True)
@@ -235,6 +241,7 @@ class Service:
                 item = None
             now = self._clock()
             mounts_changed = reload = False
+            polled: list[PollResult] = []
             pending_before = self._debouncer.pending is not None
             while item is not None:
                 if isinstance(item, Stop):
@@ -245,6 +252,8 @@ class Service:
                     mounts_changed = True
                 elif isinstance(item, Reload):
                     reload = True
+                elif isinstance(item, PollResult):
+                    polled.append(item)
                 elif isinstance(item, EventsLost):
                     logger.warning("the kernel's event queue overflowed: counting every root as changed")
                     self._debouncer.add_many(now, self._records)
@@ -261,8 +270,10 @@ class Service:
                 self._reread_libraries(now)
             if not pending_before and self._debouncer.pending is not None:
                 self._save()
-            if mounts_changed or now >= self._next_health:
+            if mounts_changed or now >= self._next_health or self._poll_needs_check(polled):
                 self._check_health(now)
+            for result in polled:
+                self._on_poll(result, now)
             attempt_at = self._next_attempt()
             if attempt_at is not None and now >= attempt_at:
                 try:
@@ -291,6 +302,24 @@ class Service:
             if path == change.root or path.startswith(change.root.rstrip("/") + "/"):
                 self._debouncer.add(now, change.root, folder=os.path.dirname(path) or change.root)
 
+    @staticmethod
+    def _poll_needs_check(results: Sequence[PollResult]) -> bool:
+        """A polling cycle that failed or found changes is checked against the root's health
+        first: an unmount or a hung share must not read as a flood of deletions."""
+        return any(result.failed or result.changed for result in results)
+
+    def _on_poll(self, result: PollResult, now: float) -> None:
+        record = self._records.get(result.root)
+        if record is None or record.poller is None:
+            return
+        if result.failed:
+            logger.debug("polling %s: %s", result.root, result.failed)
+            return
+        if record.health is not None and not record.health.healthy:
+            return  # the health gate holds it; the root is counted as changed when it is back
+        for folder in result.changed:
+            self._debouncer.add(now, result.root, folder=folder)
+
     # --- health ------------------------------------------------------------------------
 
     def _check_health(self, now: float) -> list[Health]:
@@ -314,8 +343,7 @@ class Service:
             if not health.healthy:
                 record.back_since = None
                 if health.state in (State.MISSING, State.UNMOUNTED, State.EMPTY) and record.watched:
-                    self._watcher.unwatch(record.root.path)
-                    record.watched = False
+                    self._unwatch(record)
                 continue
             learned |= self._learn_mounts(record, health)
             if previous is None and not record.watched:
@@ -358,7 +386,40 @@ class Service:
             learned = True
         return learned
 
+    def _mode(self, record: _RootRecord, health: Health) -> str:
+        """``poll`` or ``events`` for this root: its ``mode``, or for ``auto`` polling on
+        network filesystems (inotify does not see changes made on the server)."""
+        if record.root.mode != "auto":
+            return record.root.mode
+        return "poll" if health.fstype in self.config.network_fstypes else "events"
+
+    def _unwatch(self, record: _RootRecord) -> None:
+        if record.poller is not None:
+            record.poller.stop()
+            record.poller = None
+        self._watcher.unwatch(record.root.path)
+        record.watched = False
+
+    def _poll(self, record: _RootRecord, why: str) -> None:
+        """Watch ``record`` by polling from now on."""
+        self._unwatch(record)
+        interval = record.root.poll_interval or self.config.poll_interval
+        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
+        record.poller = RootPoller(record.root.path, interval, timeout, self._ignore.regex, self._queue.put)
+        record.poller.start()
+        record.watched = True
+        logger.info("polling %s every %g s: %s", record.key, interval, why)
+
     def _watch(self, record: _RootRecord, health: Health) -> bool:
+        if self._mode(record, health) == "poll":
+            why = "configured mode = \"poll\""
+            if record.root.mode == "auto":
+                why = f"{health.fstype} is a network filesystem, inotify cannot see changes made on the server"
+            self._poll(record, why)
+            record.watched_as = record.identity(health)
+            record.problem = ""
+            return True
+        self._unwatch(record)
         problem = self._watcher.watch(record.root.path)
         if problem is not None:
             record.watched = False
@@ -373,7 +434,9 @@ class Service:
         return True
 
     def _verify(self, records: Sequence[_RootRecord]) -> None:
-        """Compare each root's folders with the kernel's watches; ERROR on a shortfall."""
+        """Compare each root's folders with the kernel's watches; ERROR on a shortfall,
+        and poll the root instead where its ``fallback`` says so."""
+        records = [record for record in records if record.poller is None]
         if not records:
             return
         timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
@@ -382,9 +445,12 @@ class Service:
             problem = result.problem()
             if problem is None:
                 logger.debug("%s: all %d folders watched", record.key, result.folders)
-            elif problem != record.problem:
-                logger.error("%s", problem)
-                record.problem = problem
+            else:
+                if problem != record.problem:
+                    logger.error("%s", problem)
+                    record.problem = problem
+                if record.root.fallback == "poll":
+                    self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")")
 
     def _reason(self, record: _RootRecord, now: float) -> str:
         """Why ``record`` blocks a refresh ("" when it is ready)."""
@@ -406,7 +472,7 @@ class Service:
         if blocked:
             held = "; ".join(blocked)
             if held != self._held:
-                kept = batch.changes if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
+                kept = f"{batch.changes} changes" if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
                 logger.warning("refresh suppressed: %s; keeping %s until every root is healthy", held, kept)
                 self._held = held
             self._retry_at = now + SUPPRESSED_RECHECK
@@ -575,7 +641,7 @@ class Service:
         wanted = {str(root.path): root for root in roots}
         changed = False
         for key in sorted(set(self._records) - set(wanted)):
-            self._watcher.unwatch(self._records.pop(key).root.path)
+            self._unwatch(self._records.pop(key))
             logger.info("no longer watching %s (removed from %s)", key, source)
             changed = True
         for key, root in wanted.items():
@@ -612,7 +678,10 @@ class Service:
             return
         roots = [root for root in pending.roots if root in self._records] or sorted(self._records)
         past = self._clock() - max(self.config.quiet_period, self.config.max_wait)
-        self._debouncer.restore(Batch(frozenset(roots), pending.changes, past, past))
+        # The state file keeps roots and a count, not the folders that changed: each root
+        # counts as changed as a whole, or a path-scoped refresh would cover only the
+        # folders of changes made after the restart.
+        self._debouncer.restore(Batch(frozenset(roots), pending.changes, past, past, whole_roots=frozenset(roots)))
         logger.info(
             "%d changes under %s were pending when the watcher last stopped: refreshing them once every root is healthy",
             pending.changes,
@@ -640,7 +709,12 @@ class Service:
                     "state": "settling" if record.back_since is not None else (health.state.value if health else "unknown"),
                     "reason": health.reason if health else "",
                     "watched": record.watched,
-                    "watched_directories": record.coverage.watched if record.coverage else None,
+                    "watched_directories": (
+                        record.poller.directories
+                        if record.poller is not None
+                        else record.coverage.watched if record.coverage else None
+                    ),
+                    "mode": "poll" if record.poller is not None else "events" if record.watched else None,
                 }
             )
         pending = None

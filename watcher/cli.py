@@ -31,7 +31,9 @@ from watcher.jellyfin import JellyfinClient, Library, UserLogin
 from watcher.debounce import Batch
 from watcher.doctor import doctor as run_doctor
 from watcher.scope import plan
-from watcher.service import SCAN_RUNNING_RECHECK, Service
+from watcher.guard import Limits, Prediction
+from watcher.guard import predict as predict_removals
+from watcher.service import SCAN_RUNNING_RECHECK, VERIFY_TIMEOUT, Service
 from watcher.notify import Notifier
 from watcher.state import StateStore
 
@@ -72,8 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", dest="api_key_before_command", metavar="KEY", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     commands.add_parser("run", parents=[common], allow_abbrev=False, help="watch the roots and refresh Jellyfin when they change (the daemon)")
-    commands.add_parser("check", parents=[common], allow_abbrev=False, help="print each root's health; exit 0 if all are healthy, 1 if not")
-    commands.add_parser("refresh", parents=[common], allow_abbrev=False, help="refresh once if every root is healthy (for cron); exit 0 refreshed, 1 suppressed")
+    check = commands.add_parser("check", parents=[common], allow_abbrev=False, help="print each root's health; exit 0 if all are healthy, 1 if not")
+    check.add_argument("--predict", action="store_true", help="also ask Jellyfin which items a scan would remove, per library")
+    check.add_argument("--relearn", action="store_true", help="forget the mount points learned for these roots and learn them anew (after removing a disk on purpose)")
+    refresh = commands.add_parser("refresh", parents=[common], allow_abbrev=False, help="refresh once if every root is healthy (for cron); exit 0 refreshed, 1 suppressed")
+    refresh.add_argument("--allow-removals", type=int, default=0, metavar="N", help="confirm a deliberate clean-up: let the loss guard pass up to N removed items, this once")
     status = commands.add_parser("status", parents=[common], allow_abbrev=False, help="show the running daemon's state; exit 0 healthy, 1 unhealthy or held back, 3 not running")
     status.add_argument("--json", action="store_true", help="print the status file as JSON")
     status.add_argument("--quiet", action="store_true", help="print nothing; exit code only (container health checks)")
@@ -105,8 +110,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return run_doctor(config, _client(config, "to check Jellyfin"), fix=arguments.fix)
         if arguments.command == "run":
             return _run(config, reload=lambda: _reload(arguments, environ))
-        command = {"check": _check, "refresh": _refresh, "config": _print_config}[arguments.command]
-        return command(config)
+        if arguments.command == "check":
+            return _check(config, predict=arguments.predict, relearn=arguments.relearn)
+        if arguments.command == "refresh":
+            return _refresh(config, allow_removals=arguments.allow_removals)
+        return _print_config(config)
     except ConfigError as error:
         _print_error(error)
         return EXIT_CONFIG
@@ -252,13 +260,44 @@ def _probe(config: Config, roots: Sequence[Root]) -> list[Health]:
     return results
 
 
-def _check(config: Config) -> int:
-    client = None if config.roots or config.dry_run else _client(config, "to read the libraries")
+def _check(config: Config, predict: bool = False, relearn: bool = False) -> int:
+    needs_server = predict or not config.roots
+    client = _client(config, "to read the libraries") if needs_server and not config.dry_run else None
     roots = _resolve_roots(config, client)
+    if relearn:
+        _forget_mounts(config, roots)
     results = _probe(config, roots)
+    if relearn:
+        _learn_mounts(config, [health for health in results if health.healthy])
     for health in results:
         print(_check_line(health, config))
-    return EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
+    code = EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
+    if predict and client is not None:
+        for prediction in _predictions(config, client, client.libraries()):
+            count, share = config.limits_for(prediction.library.name)
+            verdict = "refused" if prediction.refused(Limits(count, share)) else "ok"
+            print(
+                f"library {prediction.library.name}: {prediction.items} items, "
+                f"{'?' if prediction.unresponsive else prediction.missing} with missing files: {verdict}"
+                + (f" ({prediction.describe()})" if verdict == "refused" else "")
+            )
+            if verdict == "refused":
+                code = EXIT_UNHEALTHY
+    return code
+
+
+def _predictions(config: Config, client: JellyfinClient, libraries: Sequence[Library]) -> list[Prediction]:
+    timeout = max(config.probe_timeout, VERIFY_TIMEOUT)
+    return [predict_removals(client, library, lambda path: str(config.map_path(path)), timeout) for library in libraries]
+
+
+def _forget_mounts(config: Config, roots: Sequence[Root]) -> None:
+    store = StateStore(config.state_dir)
+    saved = store.load()
+    for root in roots:
+        saved.mounts.pop(str(root.path), None)
+        saved.below.pop(str(root.path), None)
+    store.save(saved)
 
 
 def _check_line(health: Health, config: Config) -> str:
@@ -276,8 +315,9 @@ def _check_line(health: Health, config: Config) -> str:
     return f"{health.root.path}: {health.state} ({health.reason})"
 
 
-def _refresh(config: Config) -> int:
-    """One-shot: refresh (in the configured scope) if the roots pass the gate."""
+def _refresh(config: Config, allow_removals: int = 0) -> int:
+    """One-shot: refresh (in the configured scope) if the roots pass the gate and the loss
+    guard; ``allow_removals`` lets a confirmed clean-up of up to that many items through."""
     client = None if config.dry_run else _client(config, "to refresh")
     roots = _resolve_roots(config, client)
     results = _probe(config, roots)
@@ -290,6 +330,25 @@ def _refresh(config: Config) -> int:
         return EXIT_UNHEALTHY
     library_of = {str(root.path): root.library_id for root in roots}
     blocked_libraries = {library_of[key] for key in blocked}
+    if client is not None and config.guard:
+        refused = False
+        wanted = {library_of[key] for key in library_of if key not in blocked}
+        libraries = [
+            library
+            for library in client.libraries()
+            if config.scope == "server" or None in wanted or library.item_id in wanted
+        ]
+        for prediction in _predictions(config, client, libraries):
+            count, share = config.limits_for(prediction.library.name)
+            if prediction.refused(Limits(count, share), allowed=allow_removals):
+                print(f"refresh refused: {prediction.describe()}")
+                if not prediction.unresponsive:
+                    print(f"  if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing}")
+                refused = True
+            elif prediction.missing and prediction.missing <= allow_removals:
+                print(f"removals allowed: {prediction.describe()}")
+        if refused:
+            return EXIT_UNHEALTHY
     _learn_mounts(config, [health for health in results if health.healthy])
     suppressed = False
     for request in requests:

@@ -169,6 +169,9 @@ class Root:
     """Seconds between polling cycles; None: ``watch.poll_interval``."""
     fallback: str = "poll"
     """What to do when inotify cannot watch every folder: ``poll`` the root, or ``none``."""
+    health_gate: bool = True
+    """False: this root's health is reported but never holds a refresh back (the loss
+    guard still applies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,13 @@ class Config:
     scope: str = "server"
     gate: str = "all"
     path_map: tuple[PathMapping, ...] = ()
+    guard: bool = True
+    """Predict removals before a refresh and refuse a mass removal."""
+    max_removals: int = 20
+    max_removal_share: float = 0.05
+    """A fraction (0.05 = 5 %); the TOML key ``guard.max_share`` is in percent."""
+    library_limits: tuple[tuple[str, int, float], ...] = ()
+    """Per-library overrides: (library name, max_removals, max share as a fraction)."""
     roots: tuple[Root, ...] = ()
     quiet_period: float = DEFAULT_QUIET_PERIOD
     max_wait: float = DEFAULT_MAX_WAIT
@@ -223,6 +233,13 @@ class Config:
         """The reverse of :meth:`map_path`: a local path as Jellyfin sees it."""
         return _translate(local_path, [(m.local, m.jellyfin) for m in self.path_map])
 
+    def limits_for(self, library_name: str) -> tuple[int, float]:
+        """(max removals, max share) for a library: its own limits or the defaults."""
+        for name, count, share in self.library_limits:
+            if name == library_name:
+                return count, share
+        return self.max_removals, self.max_removal_share
+
     def is_mapped(self, jellyfin_path: str) -> bool:
         """Whether some ``path_map`` entry covers ``jellyfin_path``."""
         return any(_within(jellyfin_path, m.jellyfin) for m in self.path_map)
@@ -245,7 +262,9 @@ def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
 
 # --- Schema of the TOML file -------------------------------------------------------------
 
-_TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "roots", "path_map"}
+_TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map"}
+_GUARD_KEYS = {"enabled", "max_removals", "max_share", "libraries"}
+_LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
 _JELLYFIN_KEYS = {
     "url",
     "api_key",
@@ -272,7 +291,7 @@ _WATCH_KEYS = {
     "ignore",
     "default_ignore",
 }
-_ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback"}
+_ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback", "health_gate"}
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -324,6 +343,8 @@ def load(
     jellyfin = _table(data, "jellyfin", where)
     watch = _table(data, "watch", where)
     refresh = _table(data, "refresh", where)
+    guard = _table(data, "guard", where)
+    _check_keys(guard, _GUARD_KEYS, where, "guard.")
     _check_keys(jellyfin, _JELLYFIN_KEYS, where, "jellyfin.")
     _check_keys(refresh, _REFRESH_KEYS, where, "refresh.")
     _check_keys(watch, _WATCH_KEYS, where, "watch.")
@@ -405,6 +426,8 @@ def load(
             "(a server-wide refresh scans every library, so every root must be healthy)"
         )
     server = choice(jellyfin, "jellyfin", "server", SERVERS)
+    max_removals = _count(guard.get("max_removals", 20), f"{where}: guard.max_removals")
+    max_removal_share = _percent(guard.get("max_share", 5), f"{where}: guard.max_share")
     verify: bool | str = True
     if "verify" in jellyfin:
         verify = _bool(jellyfin["verify"], f"{where}: jellyfin.verify")
@@ -438,6 +461,10 @@ def load(
         scope=scope,
         gate=gate,
         path_map=_path_map(data.get("path_map"), where),
+        guard=_bool(guard.get("enabled", True), f"{where}: guard.enabled"),
+        max_removals=max_removals,
+        max_removal_share=max_removal_share,
+        library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),
         roots=roots,
         quiet_period=quiet_period,
         max_wait=max_wait,
@@ -584,8 +611,41 @@ def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root,
         interval = None
         if "poll_interval" in entry:
             interval = _seconds(entry["poll_interval"], f"{source}.poll_interval", 0.1)
-        roots.append(Root(path, mount, mode=mode, poll_interval=interval, fallback=fallback))
+        health_gate = _bool(entry.get("health_gate", True), f"{source}.health_gate")
+        roots.append(Root(path, mount, mode=mode, poll_interval=interval, fallback=fallback, health_gate=health_gate))
     return tuple(roots)
+
+
+def _count(value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{source}: expected a whole number of items ≥ 0, got {value!r}")
+    return value
+
+
+def _percent(value: Any, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ConfigError(f"{source}: expected a percentage from 0 to 100, got {value!r}")
+    return float(value) / 100
+
+
+def _library_limits(table: Any, where: str, count: int, share: float) -> tuple[tuple[str, int, float], ...]:
+    """Per-library guard limits; a key left out takes the global value."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: guard.libraries: expected tables such as [guard.libraries.Movies]")
+    limits = []
+    for name, entry in table.items():
+        source = f"{where}: guard.libraries.{name}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: expected a table with max_removals and/or max_share")
+        _check_keys(entry, _LIBRARY_LIMIT_KEYS, where, f"guard.libraries.{name}.")
+        limits.append(
+            (
+                name,
+                _count(entry["max_removals"], f"{source}.max_removals") if "max_removals" in entry else count,
+                _percent(entry["max_share"], f"{source}.max_share") if "max_share" in entry else share,
+            )
+        )
+    return tuple(limits)
 
 
 def _path_map(entries: Any, where: str) -> tuple[PathMapping, ...]:

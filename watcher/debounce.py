@@ -30,6 +30,9 @@ class Batch:
     ``MAX_FOLDERS`` per root — a root with more is listed in ``whole_roots``."""
     whole_roots: frozenset[str] = field(default=frozenset(), compare=False)
     """Roots changed in too many places (or wholesale) to list folders."""
+    removals: bool = field(default=False, compare=False)
+    """Something may have disappeared (a deletion, a move, a root changed wholesale): the
+    only batches whose refresh can remove items from Jellyfin."""
 
     def merge(self, other: Batch) -> Batch:
         """One batch holding the changes of both."""
@@ -40,6 +43,7 @@ class Batch:
             last_change=max(self.last_change, other.last_change),
             folders=self.folders | other.folders,
             whole_roots=self.whole_roots | other.whole_roots,
+            removals=self.removals or other.removals,
         )
 
 
@@ -64,6 +68,7 @@ class Debouncer:
         self._counts: dict[str, int] = {}
         self._folders: dict[str, set[str]] = {}
         self._whole: set[str] = set()
+        self._removals = False
         self._first = 0.0
         self._last = 0.0
 
@@ -79,16 +84,19 @@ class Debouncer:
             self._last,
             frozenset().union(*self._folders.values()),
             frozenset(self._whole),
+            self._removals or bool(self._whole),
         )
 
-    def add(self, now: float, root: str, changes: int = 1, folder: str | None = None) -> None:
+    def add(self, now: float, root: str, changes: int = 1, folder: str | None = None, removal: bool = False) -> None:
         """Count ``changes`` relevant changes under ``root`` at clock reading ``now``.
 
         ``folder``: the folder whose entries changed; None means the root as a whole
-        (e.g. it came back from an unmount, or events were lost).
+        (e.g. it came back from an unmount, or events were lost). ``removal``: something
+        was deleted or moved away.
         """
         if changes <= 0:
             return
+        self._removals = self._removals or removal
         if not self._counts:
             self._first = now
             self._last = now
@@ -144,6 +152,7 @@ class Debouncer:
                     self._last,
                     frozenset().union(*(self._folders.get(root, set()) for root in wanted)),
                     frozenset(self._whole & wanted),
+                    self._removals or bool(self._whole & wanted),
                 )
                 for root in wanted:
                     del self._counts[root]
@@ -151,6 +160,7 @@ class Debouncer:
                     self._whole.discard(root)
                 return taken
         self._counts, self._folders, self._whole = {}, {}, set()
+        self._removals = False
         self._first = self._last = 0.0
         return batch
 
@@ -174,4 +184,5 @@ class Debouncer:
             folders = {folder for folder in batch.folders if folder == root or folder.startswith(root.rstrip("/") + "/")}
             if folders or root not in self._folders:
                 self._folders.setdefault(root, set()).update(folders)
+        self._removals = self._removals or batch.removals
         self._first, self._last = first, last

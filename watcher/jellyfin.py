@@ -185,6 +185,22 @@ class JellyfinClient:
         task = self.library_scan_task()
         return task is not None and task.get("State") in ("Running", "Cancelling")
 
+    def items(self, parent_id: str, start_index: int, limit: int, include_item_types: Sequence[str]) -> dict[str, Any]:
+        """``GET /Items`` below ``parent_id`` (recursive) with their ``Path``: one page of a
+        ``BaseItemDtoQueryResult`` (``Items``, ``TotalRecordCount``, ``StartIndex``)."""
+        params = {
+            "parentId": parent_id,
+            "recursive": "true",
+            "fields": "Path",
+            "includeItemTypes": ",".join(include_item_types),
+            "startIndex": str(start_index),
+            "limit": str(limit),
+            "enableUserData": "false",
+            "enableImages": "false",
+        }
+        page = self._json("GET", "/Items", params=params)
+        return page if isinstance(page, dict) else {}
+
     def refresh_library(self) -> None:
         """``POST /Library/Refresh``: scan all libraries. Any 2xx is success."""
         self._request("POST", "/Library/Refresh")

@@ -35,6 +35,7 @@ from watcher.config import Config, Root
 from watcher.debounce import Batch, Debouncer
 from watcher.errors import ConfigError, JellyfinError, KeyRejected, ServerUnavailable
 from watcher.filters import IgnoreFilter
+from watcher.guard import Limits, predict
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.notify import Notifier
@@ -57,6 +58,8 @@ VERIFY_TIMEOUT = 60.0
 """Seconds the listing of a root's folders (watch verification) may take."""
 STATUS_COUNT_INTERVAL = 5.0
 """Seconds between status-file updates that only change the pending change count."""
+GUARD_RECHECK = 60.0
+"""Seconds before a batch the loss guard refused is predicted again (new changes: sooner)."""
 
 _T = TypeVar("_T")
 
@@ -153,6 +156,7 @@ class Service:
         self._next_keepalive = float("inf")
         self._next_libraries = float("inf")
         self._held: str = ""
+        self._refused: str = ""
         self._waiting_for_scan = False
         self._last_error = ""
         self._last_refresh: _LastRefresh | None = None
@@ -298,9 +302,12 @@ class Service:
             self._next_health = now
         if self._ignore.ignores_all(change.root, paths):
             return
+        removal = event.event_type in ("deleted", "moved")
         for path in paths:
             if path == change.root or path.startswith(change.root.rstrip("/") + "/"):
-                self._debouncer.add(now, change.root, folder=os.path.dirname(path) or change.root)
+                self._debouncer.add(now, change.root, folder=os.path.dirname(path) or change.root, removal=removal)
+        if self._refused:
+            self._retry_at = 0.0  # files came back or went: predict again once the batch is due
 
     @staticmethod
     def _poll_needs_check(results: Sequence[PollResult]) -> bool:
@@ -453,7 +460,9 @@ class Service:
                     self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")")
 
     def _reason(self, record: _RootRecord, now: float) -> str:
-        """Why ``record`` blocks a refresh ("" when it is ready)."""
+        """Why ``record`` blocks a refresh ("" when it is ready, or its health gate is off)."""
+        if not record.root.health_gate:
+            return ""
         if record.health is not None and not record.health.healthy:
             return record.health.describe()
         if record.back_since is not None:
@@ -499,6 +508,21 @@ class Service:
                 self._failed(error, batch)
                 return
             self._waiting_for_scan = False
+        if client is not None and self.config.guard and batch.removals:
+            try:
+                refusal = self._call(lambda: self._predict(client, ready_roots))
+            except JellyfinError as error:
+                self._failed(error, batch)
+                return
+            if refusal:
+                if refusal != self._refused:
+                    logger.error("refresh refused: %s; keeping the changes", refusal)
+                    self._refused = refusal
+                self._retry_at = now + GUARD_RECHECK
+                return
+            if self._refused:
+                logger.info("the loss guard no longer objects: refreshing")
+                self._refused = ""
         taken = self._debouncer.take(ready_roots)
         if taken is None:
             return
@@ -523,6 +547,26 @@ class Service:
                 return
             raise
         self._refreshed(now, "sent")
+
+    def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> str:
+        """Run the loss guard for the libraries a refresh of ``roots`` would scan; returns
+        the refusal ("" when the refresh may go ahead)."""
+        libraries = client.libraries()
+        wanted = {self._records[key].root.library_id for key in roots if key in self._records}
+        if self.config.scope != "server" and None not in wanted:
+            libraries = [library for library in libraries if library.item_id in wanted]
+        refusals = []
+        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
+        for library in libraries:
+            prediction = predict(client, library, lambda path: str(self.config.map_path(path)), timeout, self._stop)
+            logger.debug("loss guard: %s (%d pages)", prediction.describe(), prediction.pages)
+            count, share = self.config.limits_for(library.name)
+            if prediction.refused(Limits(count, share)):
+                hint = "" if prediction.unresponsive else (
+                    f" (if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing})"
+                )
+                refusals.append(prediction.describe() + hint)
+        return "; ".join(refusals)
 
     @staticmethod
     def _send(client: JellyfinClient, request: RefreshRequest) -> None:
@@ -697,7 +741,7 @@ class Service:
         """Write the status file and send STATUS= when the state changed (a change of the
         pending count alone is written at most every few seconds)."""
         batch = self._debouncer.pending
-        held = self._held or (self._last_error if batch is not None and self._last_error else "")
+        held = self._held or self._refused or (self._last_error if batch is not None and self._last_error else "")
         roots = []
         for record in self._records.values():
             health = record.health

@@ -33,8 +33,9 @@ def test_every_configuration_key_is_documented() -> None:
         {f"jellyfin.{key}" for key in config._JELLYFIN_KEYS}
         | {f"watch.{key}" for key in config._WATCH_KEYS}
         | {f"refresh.{key}" for key in config._REFRESH_KEYS}
+        | {f"guard.{key}" for key in config._GUARD_KEYS}
         | {f"[[roots]] {key}" for key in config._ROOT_KEYS}
         | {f"[[path_map]] {key}" for key in config._PATH_MAP_KEYS}
-        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "roots", "path_map"})
+        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map"})
     )
     assert keys - documented == set()

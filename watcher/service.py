@@ -377,6 +377,8 @@ class Service:
         if learned:
             self._save()
         self._verify(rewatched)
+        if self._held and not any(self._reason(record, now) for record in records):
+            self._retry_at = min(self._retry_at, now)  # the kept batch need not wait for the next recheck
         settling = [record.back_since + self.config.settle for record in records if record.back_since is not None]
         self._next_health = min([now + self.config.health_interval, *settling])
         return results

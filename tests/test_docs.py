@@ -39,3 +39,24 @@ def test_every_configuration_key_is_documented() -> None:
         | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map"})
     )
     assert keys - documented == set()
+
+
+def test_example_configuration_loads_and_names_every_key(tmp_path: Path) -> None:
+    example = REPOSITORY / "packaging" / "config.example.toml"
+    key_file = tmp_path / "api-key"
+    key_file.write_text("0123456789abcdef0123456789abcdef\n")
+    key_file.chmod(0o600)
+    text = example.read_text(encoding="utf-8").replace("/etc/jellyfin-watcher/api-key", str(key_file))
+    copy = tmp_path / "config.toml"
+    copy.write_text(text, encoding="utf-8")
+
+    loaded = config.load(copy, {}, {})
+
+    assert loaded.url == "http://localhost:8096"
+    mentioned = set(re.findall(r"^#? ?([a-z_]+) =", text, flags=re.MULTILINE))
+    every = (
+        config._JELLYFIN_KEYS | config._WATCH_KEYS | config._REFRESH_KEYS | config._GUARD_KEYS
+        | config._ROOT_KEYS | config._PATH_MAP_KEYS | config._LIBRARY_LIMIT_KEYS
+        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map"})
+    ) - {"libraries"}
+    assert every - mentioned == set()

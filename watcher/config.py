@@ -17,7 +17,7 @@ import logging
 import os
 import tomllib
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -577,19 +577,26 @@ def _url(value: Any, source: str) -> str:
     return text.rstrip("/")
 
 
+def _tables(value: Any, name: str, keys: set[str], shape: str, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The entries of a ``[[name]]`` array of tables, each checked for unknown keys, with
+    the ``source`` prefix its error messages use (``config.toml: roots[2]``)."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {name}: expected [[{name}]] tables with {shape}, got {_type_name(value)}")
+    for index, entry in enumerate(value, start=1):
+        source = f"{where}: {name}[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: expected a table with {shape}, got {_type_name(entry)}")
+        _check_keys(entry, keys, where, f"{name}[{index}].")
+        yield source, entry
+
+
 def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root, ...]:
     if from_flags:
         return tuple(Root(Path(os.path.abspath(os.path.expanduser(path)))) for path in from_flags)
-    if from_file is None:
-        return ()
-    if not isinstance(from_file, list):
-        raise ConfigError(f"{where}: roots: expected [[roots]] tables with path = \"...\", got {_type_name(from_file)}")
     roots = []
-    for index, entry in enumerate(from_file, start=1):
-        source = f"{where}: roots[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{source}: expected a table with path = \"...\", got {_type_name(entry)}")
-        _check_keys(entry, _ROOT_KEYS, where, f"roots[{index}].")
+    for source, entry in _tables(from_file, "roots", _ROOT_KEYS, 'path = "..."', where):
         if "path" not in entry:
             raise ConfigError(f"{source}: missing key path (the library folder to watch)")
         path = Path(os.path.normpath(Path(_string(entry["path"], f"{source}.path")).expanduser()))
@@ -649,16 +656,8 @@ def _library_limits(table: Any, where: str, count: int, share: float) -> tuple[t
 
 
 def _path_map(entries: Any, where: str) -> tuple[PathMapping, ...]:
-    if entries is None:
-        return ()
-    if not isinstance(entries, list):
-        raise ConfigError(f"{where}: path_map: expected [[path_map]] tables with jellyfin = \"...\" and local = \"...\"")
     mappings = []
-    for index, entry in enumerate(entries, start=1):
-        source = f"{where}: path_map[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{source}: expected a table with jellyfin = \"...\" and local = \"...\"")
-        _check_keys(entry, _PATH_MAP_KEYS, where, f"path_map[{index}].")
+    for source, entry in _tables(entries, "path_map", _PATH_MAP_KEYS, 'jellyfin = "..." and local = "..."', where):
         pair = []
         for key in ("jellyfin", "local"):
             if key not in entry:

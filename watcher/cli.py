@@ -23,7 +23,7 @@ from watcher import __version__
 from pythonjsonlogger.json import JsonFormatter
 
 from watcher import status as status_file
-from watcher.config import LOG_FORMATS, LOG_LEVELS, Config, Root, default_config_file, load
+from watcher.config import DEFAULT_LIBRARY_INTERVAL, LOG_FORMATS, LOG_LEVELS, Config, Root, default_config_file, load
 from watcher.errors import ConfigError, JellyfinError
 from watcher.config import Secret
 from watcher.health import Health, State, probe_roots
@@ -33,7 +33,7 @@ from watcher.doctor import doctor as run_doctor
 from watcher.scope import plan
 from watcher.guard import Limits, Prediction
 from watcher.guard import predict as predict_removals
-from watcher.service import SCAN_RUNNING_RECHECK, VERIFY_TIMEOUT, Service
+from watcher.service import SCAN_RUNNING_RECHECK, Service
 from watcher.notify import Notifier
 from watcher.state import StateStore
 
@@ -213,23 +213,31 @@ def _roots_from_jellyfin(config: Config, libraries: Sequence[Library]) -> tuple[
 
 def _with_libraries(config: Config, roots: Sequence[Root], libraries: Sequence[Library]) -> tuple[Root, ...]:
     """Configured roots, each tagged with the library whose (mapped) location holds it or
-    lies inside it; a root matching no library stays untagged (server-wide refreshes)."""
+    lies inside it; a root matching no library, or the folders of several libraries (a
+    refresh of one would miss the others' changes), stays untagged (server-wide refreshes)."""
     tagged = []
     for root in roots:
-        match = None
-        for library in libraries:
-            for location in library.locations:
-                local = config.map_path(location)
-                if root.path == local or root.path.is_relative_to(local) or local.is_relative_to(root.path):
-                    match = library
-                    break
-            if match is not None:
-                break
-        if match is None:
-            logger.warning("%s is in no Jellyfin library: it can only be refreshed with a server-wide scan", root.path)
-            tagged.append(root)
+        matches = [
+            library
+            for library in libraries
+            if any(
+                root.path == local or root.path.is_relative_to(local) or local.is_relative_to(root.path)
+                for local in (config.map_path(location) for location in library.locations)
+            )
+        ]
+        if len({library.item_id for library in matches}) == 1:
+            tagged.append(replace(root, library_id=matches[0].item_id, library_name=matches[0].name))
+            continue
+        if matches:
+            names = ", ".join(library.name for library in matches)
+            logger.warning(
+                "%s holds folders of several Jellyfin libraries (%s): it can only be refreshed with a server-wide scan",
+                root.path,
+                names,
+            )
         else:
-            tagged.append(replace(root, library_id=match.item_id, library_name=match.name))
+            logger.warning("%s is in no Jellyfin library: it can only be refreshed with a server-wide scan", root.path)
+        tagged.append(root)
     return tuple(tagged)
 
 
@@ -287,7 +295,7 @@ def _check(config: Config, predict: bool = False, relearn: bool = False) -> int:
 
 
 def _predictions(config: Config, client: JellyfinClient, libraries: Sequence[Library]) -> list[Prediction]:
-    timeout = max(config.probe_timeout, VERIFY_TIMEOUT)
+    timeout = config.guard_timeout
     return [predict_removals(client, library, lambda path: str(config.map_path(path)), timeout) for library in libraries]
 
 
@@ -321,7 +329,7 @@ def _refresh(config: Config, allow_removals: int = 0) -> int:
     client = None if config.dry_run else _client(config, "to refresh")
     roots = _resolve_roots(config, client)
     results = _probe(config, roots)
-    blocked = {str(health.root.path): health for health in results if not health.healthy}
+    blocked = {str(health.root.path): health for health in results if not health.healthy and health.root.health_gate}
     everything = Batch(frozenset(str(root.path) for root in roots), len(roots), 0.0, 0.0, whole_roots=frozenset(str(root.path) for root in roots))
     requests = plan(everything, {str(root.path): root for root in roots}, config.scope, config.jellyfin_path)
     if blocked and (config.gate == "all" or any(request.kind == "server" for request in requests)):
@@ -464,6 +472,25 @@ def _print_config(config: Config) -> int:
     print(f"url = {json.dumps(config.url) if config.url else '# not set'}")
     print(f"api_key = {json.dumps('********') if config.api_key else '# not set'}")
     print(f"timeout = {config.request_timeout:g}")
+    # Keys added with the Jellyfin integration, where they differ from their defaults.
+    if config.server != "jellyfin":
+        print(f"server = {json.dumps(config.server)}")
+    if config.username is not None:
+        print(f"username = {json.dumps(config.username)}")
+        print(f"password = {json.dumps('********')}")
+    if isinstance(config.verify, str):
+        print(f"ca_bundle = {json.dumps(config.verify)}")
+    elif config.verify is False:
+        print("verify = false")
+    if config.library_interval != DEFAULT_LIBRARY_INTERVAL:
+        print(f"library_interval = {config.library_interval:g}")
+    print("\n[refresh]")
+    print(f"scope = {json.dumps(config.scope)}")
+    print(f"gate = {json.dumps(config.gate)}")
+    for mapping in config.path_map:
+        print("\n[[path_map]]")
+        print(f"jellyfin = {json.dumps(mapping.jellyfin)}")
+        print(f"local = {json.dumps(mapping.local)}")
     print("\n[watch]")
     for name in ("quiet_period", "max_wait", "probe_timeout", "backoff_max", "settle", "health_interval"):
         print(f"{name} = {getattr(config, name):g}")

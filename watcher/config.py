@@ -205,6 +205,9 @@ class Config:
     """A fraction (0.05 = 5 %); the TOML key ``guard.max_share`` is in percent."""
     library_limits: tuple[tuple[str, int, float], ...] = ()
     """Per-library overrides: (library name, max_removals, max share as a fraction)."""
+    guard_timeout: float = 60.0
+    """Seconds the existence check of one library's files may take before the prediction
+    counts as unresponsive."""
     roots: tuple[Root, ...] = ()
     quiet_period: float = DEFAULT_QUIET_PERIOD
     max_wait: float = DEFAULT_MAX_WAIT
@@ -263,7 +266,7 @@ def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
 # --- Schema of the TOML file -------------------------------------------------------------
 
 _TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map"}
-_GUARD_KEYS = {"enabled", "max_removals", "max_share", "libraries"}
+_GUARD_KEYS = {"enabled", "max_removals", "max_share", "timeout", "libraries"}
 _LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
 _JELLYFIN_KEYS = {
     "url",
@@ -465,6 +468,7 @@ def load(
         max_removals=max_removals,
         max_removal_share=max_removal_share,
         library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),
+        guard_timeout=_seconds(guard.get("timeout", 60.0), f"{where}: guard.timeout", 0.1),
         roots=roots,
         quiet_period=quiet_period,
         max_wait=max_wait,

@@ -67,7 +67,10 @@ fetch metadata and images only where missing, replace nothing."""
 TRANSIENT_RETRY = Retry(
     total=2,
     connect=2,
-    read=0,
+    # False, not 0: no retry either, but a read timeout is raised as itself. With 0 urllib3
+    # wraps it in MaxRetryError, which requests turns into ConnectionError, and a server that
+    # accepted the request but did not answer was reported as "cannot connect".
+    read=False,
     status=2,
     status_forcelist=(502, 503, 504),
     allowed_methods=None,

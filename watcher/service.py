@@ -219,7 +219,14 @@ class Service:
             for record in self._records.values():
                 if record.poller is not None:
                     record.poller.stop()
-            self._watcher.stop()
+            if not self._watcher.stop():
+                # Like a queue overflow: events were lost, so whatever was being handled
+                # is refreshed after the restart instead of being forgotten.
+                logger.warning(
+                    "watching did not stop within 1 s (a thread is stuck on a hung mount): "
+                    "events may be lost, counting every root as changed"
+                )
+                self._debouncer.add_many(self._clock(), self._records)
             self._save()
             self._publish(self._clock(), force=True)
             batch = self._debouncer.pending
@@ -319,6 +326,8 @@ class Service:
         record = self._records.get(result.root)
         if record is None or record.poller is None:
             return
+        if result.first:
+            self._watcher.unwatch(record.root.path)  # the baseline is taken: polling alone from now on
         if result.failed:
             logger.debug("polling %s: %s", result.root, result.failed)
             return
@@ -409,9 +418,16 @@ class Service:
         self._watcher.unwatch(record.root.path)
         record.watched = False
 
-    def _poll(self, record: _RootRecord, why: str) -> None:
-        """Watch ``record`` by polling from now on."""
-        self._unwatch(record)
+    def _poll(self, record: _RootRecord, why: str, events_meanwhile: bool = False) -> None:
+        """Watch ``record`` by polling from now on. ``events_meanwhile``: keep its inotify
+        watch until the first polling cycle has taken its baseline; a change made between
+        the two would be seen by neither."""
+        if events_meanwhile:
+            if record.poller is not None:
+                record.poller.stop()
+                record.poller = None
+        else:
+            self._unwatch(record)
         interval = record.root.poll_interval or self.config.poll_interval
         timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
         record.poller = RootPoller(record.root.path, interval, timeout, self._ignore.regex, self._queue.put)
@@ -459,7 +475,7 @@ class Service:
                     logger.error("%s", problem)
                     record.problem = problem
                 if record.root.fallback == "poll":
-                    self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")")
+                    self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")", events_meanwhile=True)
 
     def _reason(self, record: _RootRecord, now: float) -> str:
         """Why ``record`` blocks a refresh ("" when it is ready, or its health gate is off)."""
@@ -481,12 +497,7 @@ class Service:
         assert batch is not None
         ready_roots, blocked = self._gate(batch, now)
         if blocked:
-            held = "; ".join(blocked)
-            if held != self._held:
-                kept = f"{batch.changes} changes" if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
-                logger.warning("refresh suppressed: %s; keeping %s until every root is healthy", held, kept)
-                self._held = held
-            self._retry_at = now + SUPPRESSED_RECHECK
+            self._hold(batch, ready_roots, blocked, now)
             if not ready_roots:
                 return
         elif self._held:
@@ -498,7 +509,9 @@ class Service:
             description = f"the changes under {_list(ready_roots)}"
         logger.info("batch due: %s", description)
         client = self._client
+        asked = False
         if client is not None and self.config.scope == "server":
+            asked = True
             try:
                 if self._call(client.library_scan_running):
                     if not self._waiting_for_scan:
@@ -510,7 +523,11 @@ class Service:
                 self._failed(error, batch)
                 return
             self._waiting_for_scan = False
-        if client is not None and self.config.guard and batch.removals:
+        # A root whose health gate is off may be refreshed while unhealthy (a disk below it
+        # gone): a scan can then remove items whatever the batch holds.
+        ungated = any(not r.root.health_gate and r.health is not None and not r.health.healthy for r in self._records.values())
+        if client is not None and self.config.guard and (batch.removals or ungated):
+            asked = True
             try:
                 refusal = self._call(lambda: self._predict(client, ready_roots))
             except JellyfinError as error:
@@ -525,6 +542,19 @@ class Service:
             if self._refused:
                 logger.info("the loss guard no longer objects: refreshing")
                 self._refused = ""
+        if asked:
+            # Jellyfin's answers above may each take up to jellyfin.timeout: probe again right
+            # before the refresh, so that storage gone in the meantime still holds it back.
+            now = self._clock()
+            self._check_health(now)
+            if self._stop.is_set():
+                raise Interrupted
+            still_ready, blocked = self._gate(batch, now)
+            if blocked:
+                self._hold(batch, still_ready, blocked, now)
+                ready_roots &= still_ready
+                if not ready_roots:
+                    return
         taken = self._debouncer.take(ready_roots)
         if taken is None:
             return
@@ -550,6 +580,15 @@ class Service:
             raise
         self._refreshed(now, "sent")
 
+    def _hold(self, batch: Batch, ready_roots: frozenset[str], blocked: Sequence[str], now: float) -> None:
+        """The health gate holds (part of) ``batch`` back: say why, once per reason; recheck later."""
+        held = "; ".join(blocked)
+        if held != self._held:
+            kept = f"{batch.changes} changes" if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
+            logger.warning("refresh suppressed: %s; keeping %s until every root is healthy", held, kept)
+            self._held = held
+        self._retry_at = now + SUPPRESSED_RECHECK
+
     def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> str:
         """Run the loss guard for the libraries a refresh of ``roots`` would scan; returns
         the refusal ("" when the refresh may go ahead)."""
@@ -558,7 +597,7 @@ class Service:
         if self.config.scope != "server" and None not in wanted:
             libraries = [library for library in libraries if library.item_id in wanted]
         refusals = []
-        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
+        timeout = self.config.guard_timeout
         for library in libraries:
             prediction = predict(client, library, lambda path: str(self.config.map_path(path)), timeout, self._stop)
             logger.debug("loss guard: %s (%d pages)", prediction.describe(), prediction.pages)

@@ -11,6 +11,7 @@ inotify descriptor has one ``inotify wd:… ino:<hex> sdev:<hex> …`` line per 
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -27,19 +28,21 @@ MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 _WALK_PROGRAM = r"""
 import json, os, sys
 for index, root in enumerate(sys.argv[1:]):
-    folders, denied, paths = [], [], {}
-    def failed(error):
-        denied.append(error.filename)
+    folders, denied, paths, reasons = [], [], {}, []
+    def failed(error, path=None):
+        denied.append(path or error.filename)
+        reasons.append([error.errno, error.strerror])
     for path, names, _ in os.walk(root, onerror=failed):
         try:
             status = os.stat(path, follow_symlinks=False)
         except OSError as error:
-            denied.append(path)
+            failed(error, path)
             continue
         folders.append([status.st_dev, status.st_ino])
         paths["%d:%d" % (status.st_dev, status.st_ino)] = path
     sys.stdout.write(json.dumps({"index": index, "folders": folders, "denied": denied[:20],
-                                 "denied_count": len(denied), "paths": paths}) + "\n")
+                                 "denied_count": len(denied), "paths": paths,
+                                 "reason": reasons[0] if reasons else None}) + "\n")
     sys.stdout.flush()
 """
 
@@ -50,7 +53,8 @@ class Coverage:
 
     ``folders``: folders found under the root (itself included); ``watched``: how many of
     them hold an inotify watch of this process; ``unwatched``: a few of the others;
-    ``denied``: folders that could not be listed (permission denied, I/O error).
+    ``denied``: folders that could not be listed (permission denied, I/O error, a path
+    longer than PATH_MAX); ``denied_errno``/``denied_reason``: why the first of them failed.
     ``complete``: False when the listing did not finish within its deadline.
     """
 
@@ -62,6 +66,8 @@ class Coverage:
     denied_count: int = 0
     complete: bool = True
     limit: int | None = field(default=None)
+    denied_errno: int = errno.EACCES
+    denied_reason: str = ""
 
     @property
     def shortfall(self) -> int:
@@ -74,18 +80,33 @@ class Coverage:
         missing = self.shortfall
         head = f"{missing} of {self.folders + self.denied_count} folders under {self.root} are not watched"
         if self.denied_count:
-            return (
-                f"{head}: permission denied on {self.denied[0]}"
-                + (f" and {self.denied_count - 1} more" if self.denied_count > 1 else "")
-                + ": give the watcher's user read and execute access to them"
-            )
+            more = f" and {self.denied_count - 1} more" if self.denied_count > 1 else ""
+            first = shown(self.denied[0])
+            if self.denied_errno in (errno.EACCES, errno.EPERM):
+                return f"{head}: permission denied on {first}{more}: give the watcher's user read and execute access to them"
+            if self.denied_errno == errno.ENAMETOOLONG:
+                return (
+                    f"{head}: {first}{more} cannot be listed: file name too long, its path is longer than "
+                    "Linux allows (PATH_MAX, 4096 bytes), Jellyfin cannot read it either: shorten the folder names"
+                )
+            return f"{head}: {first}{more} cannot be listed ({self.denied_reason or 'error ' + str(self.denied_errno)})"
         suggestion = max(524288, 2 * (total_watches() + missing))
         limit = f" (now {self.limit})" if self.limit else ""
-        example = f" (e.g. {self.unwatched[0]})" if self.unwatched else ""
+        example = f" (e.g. {shown(self.unwatched[0])})" if self.unwatched else ""
         return (
             f"{head}{example}: the inotify watch limit{limit} is reached; raise it with "
             f"sysctl fs.inotify.max_user_watches={suggestion} (and in /etc/sysctl.d/ to keep it)"
         )
+
+
+def shown(path: str, limit: int = 200) -> str:
+    """``path`` fit for one log line: control characters (a newline in a name) and bytes
+    that are not UTF-8 escaped, and a very long path cut in the middle with its length."""
+    text = "".join(character if character.isprintable() else repr(character)[1:-1] for character in path)
+    if len(text) <= limit:
+        return text
+    size = len(os.fsencode(path))
+    return f"{text[: limit // 2]}…{text[-limit // 2 :]} ({size} bytes)"
 
 
 def watched_inodes(pid: str = "self") -> set[tuple[int, int]]:
@@ -145,6 +166,7 @@ def coverage(roots: Sequence[Path], timeout: float, stop: threading.Event | None
         folders = [tuple(pair) for pair in line["folders"]]  # type: ignore[union-attr]
         paths: dict[str, str] = line["paths"]  # type: ignore[assignment]
         unwatched = [paths[f"{dev}:{ino}"] for dev, ino in folders if (dev, ino) not in watched]
+        reason = line.get("reason") or [errno.EACCES, ""]  # type: ignore[union-attr]
         results.append(
             Coverage(
                 root,
@@ -153,6 +175,8 @@ def coverage(roots: Sequence[Path], timeout: float, stop: threading.Event | None
                 unwatched=tuple(sorted(unwatched)[:5]),
                 denied=tuple(line["denied"]),  # type: ignore[arg-type]
                 denied_count=int(line["denied_count"]),  # type: ignore[call-overload]
+                denied_errno=int(reason[0] or errno.EACCES),
+                denied_reason=str(reason[1] or ""),
                 limit=limit,
             )
         )

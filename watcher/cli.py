@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -102,8 +103,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 "--api-key is not accepted: a key on the command line shows in ps and shell history; "
                 "use JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file"
             )
-        config = _load(arguments, environ)
+        # Loading may log (a key file readable by others): hold those records until logging
+        # is set up in the configured format, instead of logging's bare last-resort output.
+        early = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL + 1)
+        logging.getLogger().addHandler(early)
+        try:
+            config = _load(arguments, environ)
+        finally:
+            logging.getLogger().removeHandler(early)
         _configure_logging(config.log_level, config.log_format, environ)
+        for record in early.buffer:
+            if logging.getLogger(record.name).isEnabledFor(record.levelno):
+                logging.getLogger(record.name).handle(record)
         if arguments.command == "status":
             return _status(config, as_json=arguments.json, quiet=arguments.quiet)
         if arguments.command == "doctor":
@@ -154,7 +165,9 @@ def _load(arguments: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 def _reload(arguments: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Config, JellyfinClient | None]:
     """SIGHUP: the same command line and environment, the configuration file read again."""
     config = _load(arguments, environ)
-    return config, None if config.dry_run else _client(config, "to refresh")
+    client = None if config.dry_run else _client(config, "to refresh")
+    _configure_logging(config.log_level, config.log_format, environ)
+    return config, client
 
 
 def _configure_logging(level: str, log_format: str, environ: Mapping[str, str]) -> None:

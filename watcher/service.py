@@ -272,9 +272,7 @@ class Service:
                     item = self._queue.get_nowait()
                 except Empty:
                     item = None
-            if now >= self._next_keepalive:
-                self._notifier.notify(WATCHDOG="1")
-                self._next_keepalive = now + (self._notifier.watchdog_interval or float("inf"))
+            self._keepalive()
             if reload:
                 self._apply_reload(now)
             elif now >= self._next_libraries:
@@ -663,6 +661,13 @@ class Service:
             logger.error("refresh failed: %s; keeping %d changes, retrying in %g s", message, batch.changes, delay)
         self._last_error = message
 
+    def _keepalive(self) -> None:
+        """Send WATCHDOG=1 if one is due."""
+        now = self._clock()
+        if now >= self._next_keepalive:
+            self._notifier.notify(WATCHDOG="1")
+            self._next_keepalive = now + (self._notifier.watchdog_interval or float("inf"))
+
     def _call(self, function: Callable[[], _T]) -> _T:
         """Run a blocking Jellyfin request on a daemon thread; give up waiting on stop."""
         outcome: dict[str, Any] = {}
@@ -680,6 +685,7 @@ class Service:
         while not done.wait(0.1):
             if self._stop.is_set():
                 raise Interrupted
+            self._keepalive()  # alive, waiting with a deadline: keep systemd's watchdog fed
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]  # type: ignore[no-any-return]

@@ -7,7 +7,7 @@ recorded start time, so a recycled pid does not pass for the daemon.
 
 Shape (``version`` 1; times are seconds since the epoch)::
 
-    {"version": 1, "pid": int, "started": float, "updated": float, "dry_run": bool,
+    {"version": 1, "pid": int, "started": float (process_start_time()), "updated": float, "dry_run": bool,
      "roots": [{"path", "mount_point", "fstype", "state", "reason", "watched": bool,
                 "watched_directories": int | null}],
      "pending": {"changes": int, "roots": [str], "due": float | null, "held": str | null} | null,
@@ -30,9 +30,20 @@ STATUS_FILE = "status.json"
 FORMAT_VERSION = 1
 
 
-def process_start_time() -> float:
-    """This process's start time (seconds since the epoch), as psutil reports it."""
-    return psutil.Process(os.getpid()).create_time()
+def process_start_time(pid: int | None = None) -> float:
+    """When process ``pid`` (default: this one) started: an identity, compared, never shown.
+
+    Linux: seconds from boot to its start (field 22 of ``/proc/PID/stat``). psutil's
+    ``create_time()`` adds the boot time from ``/proc/stat``, which systemd's
+    ``ProcSubset=pid`` hides and which moves whenever the wall clock is stepped.
+    Elsewhere: psutil's create_time(). Raises OSError or psutil.Error if ``pid`` is gone.
+    """
+    pid = os.getpid() if pid is None else pid
+    if os.path.exists("/proc/self/stat"):
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+        return int(data[data.rindex(b")") + 2 :].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return psutil.Process(pid).create_time()
 
 
 def write(directory: Path, status: dict[str, Any]) -> None:
@@ -57,8 +68,8 @@ def daemon_running(status: dict[str, Any]) -> bool:
     if not isinstance(pid, int) or not isinstance(started, (int, float)):
         return False
     try:
-        return abs(psutil.Process(pid).create_time() - started) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return abs(process_start_time(pid) - started) < 1.0
+    except (psutil.Error, OSError, ValueError, IndexError):
         return False
 
 

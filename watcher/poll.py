@@ -42,7 +42,7 @@ root, pattern = sys.argv[1], sys.argv[2]
 ignored = re.compile(pattern, re.IGNORECASE | re.DOTALL).match if pattern else (lambda name: None)
 out = sys.stdout
 def emit(**record):
-    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.write(json.dumps(record) + "\n")  # ASCII: a name that is not UTF-8 travels as \udcXX
 try:
     os.stat(root)
 except OSError:

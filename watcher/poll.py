@@ -156,7 +156,12 @@ class RootPoller:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._put(self.cycle())
+            try:
+                result = self.cycle()
+            except Exception as error:  # a bug must not end polling of this root for good
+                logger.exception("polling %s failed; trying again in %g s", self.root, self.interval)
+                result = PollResult(str(self.root), failed=f"the polling cycle failed: {error}", directories=len(self._known))
+            self._put(result)
             if self._stop.wait(self.interval):
                 return
 

@@ -356,8 +356,14 @@ class Service:
                     logger.info("%s is healthy again", record.key)
             if not health.healthy:
                 record.back_since = None
-                if health.state in (State.MISSING, State.UNMOUNTED, State.EMPTY) and record.watched:
+                if health.state in (State.MISSING, State.UNMOUNTED) and record.watched:
                     self._unwatch(record)
+                elif health.state is State.EMPTY and not record.watched:
+                    # An empty folder is watched all the same, so that its first files are
+                    # seen; a disk mounted over it later changes its identity (mount ID) and
+                    # the root is watched again then.
+                    if self._watch(record, health):
+                        rewatched.append(record)
                 continue
             learned |= self._learn_mounts(record, health)
             if previous is None and not record.watched:

@@ -27,7 +27,6 @@ import logging
 import os
 import select
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,17 +62,6 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
-# watchdog 7.1 warns when a folder's watch is registered twice for the same recursive watch
-# (a folder tree copied in: the creation events of its sub-folders arrive after the walk of
-# their parent has watched them) and overwrites the callback with itself. Harmless, but the
-# RuntimeWarning embeds the repr of the whole watch group, every watched path in it: one
-# megabyte per line on stderr for a library of 20,000 folders, one line per such folder.
-warnings.filterwarnings(
-    "ignore",
-    message=r"Callback with id .* already exists for watch",
-    category=RuntimeWarning,
-    module=r"watchdog\.observers\.inotify",
-)
 MOUNTINFO = "/proc/self/mountinfo"
 
 
@@ -124,15 +112,24 @@ without overflowing it again (:class:`_ReconcilingWatchGroup`)."""
 
 try:
     from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+    from watchdog.observers.inotify_c import InotifyFD
 except Exception:  # not Linux: watchdog's inotify module cannot load
     pass
 else:
 
     class _ReconcilingWatchGroup(InotifyWatchGroup):
-        """A recursive watch that, after a queue overflow, watches the folders it lost track
-        of (made, or moved in, while events were lost) and drops the watches of folders that
-        are gone, keeping every other watch: watchdog's own recovery removes them all first,
-        and on a large tree their ``IN_IGNORED`` events overflow the queue again, forever."""
+        """watchdog's recursive watch, with two of its private methods replaced (their
+        bookkeeping is watchdog 7.1's own; :func:`_internals_present` checks it is there).
+
+        * After a queue overflow it watches the folders it lost track of (made, or moved in,
+          while events were lost) and drops the watches of folders that are gone, keeping
+          every other watch: watchdog's own recovery removes them all first, and on a large
+          tree their ``IN_IGNORED`` events overflow the queue again, forever.
+        * Registering a folder that is already watched (its creation event arrives after
+          the walk of its parent, when a folder tree is copied in) updates the bookkeeping
+          silently: watchdog warns, with the repr of the whole watch group in the message
+          (every watched path: a megabyte per line on a large library).
+        """
 
         def on_queue_overflow(self) -> None:
             with self._lock:
@@ -142,17 +139,45 @@ else:
                 if not self.is_recursive:
                     return
                 found = {self.path}
-                for top, names, _ in os.walk(self.path, followlinks=self.follow_symlink):
-                    for name in names:
-                        path = os.path.join(top, name)
-                        if self.follow_symlink or not os.path.islink(path):
-                            found.add(path)
-                watched = self._active_callbacks_by_path
-                gone = [wd for path, wd in watched.items() if path not in found]
+                pending = [self.path]
+                while pending:  # os.walk + islink, as watchdog walks, costs a third more
+                    try:
+                        with os.scandir(pending.pop()) as entries:
+                            for entry in entries:
+                                if entry.is_dir(follow_symlinks=self.follow_symlink):
+                                    found.add(entry.path)
+                                    pending.append(entry.path)
+                    except OSError:  # gone meanwhile, or unreadable: not watchable either
+                        continue
+                by_path, by_watch = self._active_callbacks_by_path, self._active_callbacks_by_watch
+                gone = []
+                for path in [path for path in by_path if path not in found]:
+                    if by_watch.get(by_path[path]) == path:
+                        gone.append(by_path[path])  # moved or deleted while events were lost
+                    else:
+                        del by_path[path]  # an old name of a watch known under its new one
                 if gone:
                     self._remove_callbacks(gone)
-                for path in found - watched.keys():
+                for path in found - by_path.keys():
                     self._add_callback(path)  # a folder that vanished meanwhile is skipped
+
+        def _add_callback(self, path: bytes) -> None:
+            inotify = self._inotify_fd
+            try:
+                with inotify._lock:
+                    watch = inotify._get_or_create_watch(path, self.event_mask)
+                    watch.callbacks[self._id] = self._callback
+            except OSError:
+                # Folders may vanish or turn unreadable while the tree is walked; the root
+                # itself must be watched or the caller told.
+                if path == self.path:
+                    raise
+                return
+            old = self._active_callbacks_by_watch.get(watch.wd)
+            if old is not None and old != path and self._active_callbacks_by_path.get(old) == watch.wd:
+                del self._active_callbacks_by_path[old]  # the folder was renamed
+            self._active_callbacks_by_path[path] = watch.wd
+            self._active_callbacks_by_watch[watch.wd] = path
 
     class _ReconcilingEmitter(InotifyEmitter):
         def on_thread_start(self) -> None:
@@ -169,7 +194,19 @@ else:
             super().__init__()
             self._emitter_class = _ReconcilingEmitter
 
-    if Observer is InotifyObserver:
+    def _internals_present() -> bool:
+        """Whether this watchdog has the private parts the replacements build on (7.1 does);
+        with another version the watcher falls back to watchdog's own observer."""
+        group = ("_lock", "_move_event_grouper", "_active_callbacks_by_path", "_active_callbacks_by_watch",
+                 "_remove_callbacks", "_inotify_fd", "_id", "_callback")
+        fields = getattr(InotifyWatchGroup, "__dataclass_fields__", {})
+        return (
+            all(name in fields or hasattr(InotifyWatchGroup, name) for name in group)
+            and hasattr(InotifyFD, "_get_or_create_watch")
+            and hasattr(InotifyEmitter, "get_event_mask_from_filter")
+        )
+
+    if Observer is InotifyObserver and _internals_present():
         _observer_class = _InotifyObserver
 
 

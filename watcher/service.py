@@ -92,6 +92,9 @@ class _RootRecord:
     coverage: Coverage | None = None
     poller: RootPoller | None = None
     """Set while the root is watched by polling instead of inotify."""
+    poll_busy: bool = False
+    """The last polling cycle found changes: a copy may still be under way, so a batch
+    holding this root waits for a cycle that finds nothing new (or ``max_wait``)."""
     problem: str = ""
     """The last watch ERROR logged for this root (logged again only when it changes)."""
 
@@ -157,6 +160,7 @@ class Service:
         self._next_libraries = float("inf")
         self._held: str = ""
         self._refused: str = ""
+        self._waiting_for_poll = False
         self._waiting_for_scan = False
         self._last_error = ""
         self._last_refresh: _LastRefresh | None = None
@@ -333,6 +337,11 @@ class Service:
             return  # the health gate holds it; the root is counted as changed when it is back
         for folder in result.changed:
             self._debouncer.add(now, result.root, folder=folder)
+        busy = bool(result.changed) and not result.first
+        if record.poll_busy and not busy and self._waiting_for_poll:
+            self._retry_at = now  # the copy is over: the held batch may go
+            self._waiting_for_poll = False
+        record.poll_busy = busy
 
     # --- health ------------------------------------------------------------------------
 
@@ -494,6 +503,16 @@ class Service:
     # --- refresh -----------------------------------------------------------------------
 
     def _attempt_refresh(self, now: float) -> None:
+        batch = self._debouncer.pending
+        assert batch is not None
+        busy = [self._records[key] for key in batch.roots if key in self._records and self._records[key].poll_busy]
+        if busy and now - batch.first_change < self.config.max_wait:
+            # Polling sees a copy in slices, one per cycle: wait for a cycle that finds
+            # nothing new, or the copy becomes two refreshes and a half-copied file is scanned.
+            self._waiting_for_poll = True
+            interval = min(record.root.poll_interval or self.config.poll_interval for record in busy)
+            self._retry_at = min(now + interval, batch.first_change + self.config.max_wait)
+            return
         self._check_health(now)
         if self._stop.is_set():
             raise Interrupted

@@ -761,7 +761,8 @@ def test_config_print_shows_effective_values_and_masks_the_key(tmp_path: Path) -
     shown = run_cli("config", "--print", "--config", config, "--quiet-period", "3", env=env, timeout=WAIT)
     assert shown.returncode == 0, shown.stderr
     assert key not in shown.stdout + shown.stderr  # run_cli checks this too
-    assert re.search(r'^api_key = "\*{8}"$', shown.stdout, re.MULTILINE), shown.stdout
+    assert re.search(r'^api_key = "\*{8}"  # from JELLYFIN_API_KEY$', shown.stdout, re.MULTILINE), shown.stdout
+    assert re.search(r"^quiet_period = 3  # from --quiet-period$", shown.stdout, re.MULTILINE), shown.stdout
     assert shown.stdout.startswith(f"# effective configuration ({config})")
     printed = tomllib.loads(shown.stdout)
     assert printed["state_dir"] == str(tmp_path / "state")
@@ -780,7 +781,7 @@ def test_config_print_masks_a_key_from_a_file_and_says_when_there_is_none(tmp_pa
     env = child_env(home=tmp_path / "home", extra={"JELLYFIN_API_KEY_FILE": str(key_file)})
     shown = run_cli("config", "--print", env=env, timeout=WAIT, secret=key)
     assert shown.returncode == 0, shown.stderr
-    assert 'api_key = "********"' in shown.stdout.splitlines()
+    assert any(line.startswith('api_key = "********"  # from ') for line in shown.stdout.splitlines()), shown.stdout
     assert "# roots: every location of every Jellyfin library" in shown.stdout
 
     bare = run_cli("config", "--print", env=child_env(home=tmp_path / "home"), timeout=WAIT)
@@ -1014,7 +1015,7 @@ def test_launchd_plist_runs_the_daemon_with_flags_the_cli_accepts(tmp_path: Path
         flags.append(word)
     shown = run_cli("config", "--print", *flags, env=child_env(home=tmp_path / "home"), timeout=WAIT, secret=key)
     assert shown.returncode == 0, shown.stderr
-    assert 'api_key = "********"' in shown.stdout.splitlines()
+    assert any(line.startswith('api_key = "********"  # from ') for line in shown.stdout.splitlines()), shown.stdout
 
 
 def test_launchd_agent_finds_its_configuration_on_macos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

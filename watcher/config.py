@@ -224,6 +224,9 @@ class Config:
     log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = "text"
     config_file: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """Where each value that did not come from the defaults was picked up (a flag, an
+    environment variable, ``file: key``), by setting name."""
 
     def map_path(self, jellyfin_path: str) -> Path:
         """Translate a path as Jellyfin sees it to the path on this machine.
@@ -352,14 +355,19 @@ def load(
     _check_keys(refresh, _REFRESH_KEYS, where, "refresh.")
     _check_keys(watch, _WATCH_KEYS, where, "watch.")
 
+    sources: dict[str, str] = {}
+
     def pick(flag: str, env: str | None, table: Mapping[str, Any], key: str) -> tuple[Any, str]:
         if flags.get(flag) is not None:
-            return flags[flag], f"--{flag.replace('_', '-')}"
-        if env is not None and environ.get(env):
-            return environ[env], env
-        if key in table:
-            return table[key], f"{where}: {_qualified(table, data, key)}"
-        return None, ""
+            value, source = flags[flag], f"--{flag.replace('_', '-')}"
+        elif env is not None and environ.get(env):
+            value, source = environ[env], env
+        elif key in table:
+            value, source = table[key], f"{where}: {_qualified(table, data, key)}"
+        else:
+            return None, ""
+        sources[flag] = source
+        return value, source
 
     url_value, url_source = pick("url", "JELLYFIN_URL", jellyfin, "url")
     url = None if url_value is None else _url(url_value, url_source)
@@ -453,9 +461,14 @@ def load(
     if "library_interval" in jellyfin:
         library_interval = _seconds(jellyfin["library_interval"], f"{where}: jellyfin.library_interval", 1.0)
 
+    api_key, sources["api_key"] = _api_key(flags, environ, jellyfin, where)
+    if roots and flags.get("roots"):
+        sources["roots"] = "ROOT arguments"
+    elif roots:
+        sources["roots"] = f"{where}: [[roots]]"
     return Config(
         url=url,
-        api_key=_api_key(flags, environ, jellyfin, where),
+        api_key=api_key,
         server=server,
         username=username,
         password=password,
@@ -485,6 +498,7 @@ def load(
         log_level=log_level,
         log_format=log_format,
         config_file=config_file,
+        sources={key: value for key, value in sources.items() if value},
     )
 
 
@@ -674,32 +688,32 @@ def _path_map(entries: Any, where: str) -> tuple[PathMapping, ...]:
     return tuple(mappings)
 
 
-def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Mapping[str, Any], where: str) -> Secret | None:
+def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Mapping[str, Any], where: str) -> tuple[Secret | None, str]:
     """The API key: --api-key-file, $JELLYFIN_API_KEY, $JELLYFIN_API_KEY_FILE, the systemd
     credential, then jellyfin.api_key_file / jellyfin.api_key in the file."""
     if flags.get("api_key_file"):
-        return _read_key_file(Path(flags["api_key_file"]), "--api-key-file")
+        return _read_key_file(Path(flags["api_key_file"]), "--api-key-file"), "--api-key-file"
     if environ.get("JELLYFIN_API_KEY"):
         value = environ["JELLYFIN_API_KEY"].strip()
         if not value:
             raise ConfigError("JELLYFIN_API_KEY: set but blank; expected the API key, or unset it")
-        return Secret(value)
+        return Secret(value), "JELLYFIN_API_KEY"
     if environ.get("JELLYFIN_API_KEY_FILE"):
-        return _read_key_file(Path(environ["JELLYFIN_API_KEY_FILE"]), "JELLYFIN_API_KEY_FILE")
+        return _read_key_file(Path(environ["JELLYFIN_API_KEY_FILE"]), "JELLYFIN_API_KEY_FILE"), "JELLYFIN_API_KEY_FILE"
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
-        return _read_key_file(Path(credentials) / CREDENTIAL_NAME, "systemd credential")
+        return _read_key_file(Path(credentials) / CREDENTIAL_NAME, "systemd credential"), "systemd credential"
     if "api_key_file" in jellyfin and "api_key" in jellyfin:
         raise ConfigError(f"{where}: jellyfin.api_key and jellyfin.api_key_file are both set; keep one")
     if "api_key_file" in jellyfin:
         source = f"{where}: jellyfin.api_key_file"
-        return _read_key_file(Path(_string(jellyfin["api_key_file"], source)).expanduser(), source)
+        return _read_key_file(Path(_string(jellyfin["api_key_file"], source)).expanduser(), source), source
     if "api_key" in jellyfin:
         value = jellyfin["api_key"]
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: jellyfin.api_key: expected the API key as a non-empty string")
-        return Secret(value.strip())
-    return None
+        return Secret(value.strip()), f"{where}: jellyfin.api_key"
+    return None, ""
 
 
 def _read_key_file(path: Path, source: str, what: str = "API key") -> Secret:

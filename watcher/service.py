@@ -161,6 +161,7 @@ class Service:
         self._held: str = ""
         self._refused: str = ""
         self._waiting_for_poll = False
+        self._verify_later: list[_RootRecord] | None = None
         self._waiting_for_scan = False
         self._last_error = ""
         self._last_refresh: _LastRefresh | None = None
@@ -202,7 +203,11 @@ class Service:
         self._watcher.start()
         monitor.start()
         try:
+            # Start-up: READY=1 as soon as the watches are set; their verification (a second
+            # walk of every tree, about a third of start-up on a large library) follows it.
+            self._verify_later = []
             self._check_health(self._clock())
+            unverified, self._verify_later = self._verify_later, None
             watched = sorted(record.key for record in self._records.values() if record.watched)
             logger.info(
                 "watching %d of %d roots: %s",
@@ -216,6 +221,8 @@ class Service:
                 self._next_libraries = self._clock() + self.config.library_interval
             self._publish(self._clock(), force=True)
             self._notifier.notify(READY="1", STATUS=self._published.status_line)
+            self._verify(unverified)
+            self._publish(self._clock())
             self._loop()
         finally:
             self._notifier.notify(STOPPING="1")
@@ -398,7 +405,10 @@ class Service:
                     self._debouncer.add(now, record.key)
         if learned:
             self._save()
-        self._verify(rewatched)
+        if self._verify_later is not None:
+            self._verify_later.extend(rewatched)
+        else:
+            self._verify(rewatched)
         if self._held and not any(self._reason(record, now) for record in records):
             self._retry_at = min(self._retry_at, now)  # the kept batch need not wait for the next recheck
         settling = [record.back_since + self.config.settle for record in records if record.back_since is not None]

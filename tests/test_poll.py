@@ -204,7 +204,7 @@ def _made(root: Path, folders: int, files_per_folder: int) -> Path:
 # --- end to end: the daemon polls a FUSE share -----------------------------------------------
 
 
-def write_config(path: Path, url: str, root: Path, state_dir: Path) -> Path:
+def write_config(path: Path, url: str, root: Path, state_dir: Path, quiet: float = QUIET) -> Path:
     lines = [
         f"state_dir = {json.dumps(str(state_dir))}",
         "",
@@ -212,7 +212,7 @@ def write_config(path: Path, url: str, root: Path, state_dir: Path) -> Path:
         f"url = {json.dumps(url)}",
         "",
         "[watch]",
-        f"quiet_period = {QUIET:g}",
+        f"quiet_period = {quiet:g}",
         "max_wait = 60",
         "settle = 1",
         "health_interval = 1",
@@ -403,3 +403,35 @@ def test_an_unmounted_share_is_no_refresh_and_no_deletion_storm(
             watcher.wait_for_line(r"refresh sent: ", WAIT + QUIET, start=mark)
             finish(watcher, jellyfin, 1)
     assert len(jellyfin.items) == 4
+
+
+def pending_changes(state_dir: Path) -> int:
+    """The pending change count in the daemon's status file (0 when nothing is pending)."""
+    try:
+        document = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    return int((document.get("pending") or {}).get("changes", 0))
+
+
+@pytest.mark.root_only("bindfs", "fusermount")
+def test_a_copy_spanning_polling_cycles_is_one_refresh(tmp_path: Path, share: BindFS, jellyfin: JellyfinEmulator,
+                                                       env: dict[str, str]) -> None:
+    # A quiet period shorter than the poll interval: without waiting for a polling cycle that
+    # finds nothing new, the first slice of the copy would be refreshed on its own.
+    root = share.mount_point
+    jellyfin.libraries = [Library("Movies", [str(share.source)])]
+    assert jellyfin.index() == 2
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path / "config.toml", jellyfin.url, root, state_dir, quiet=0.2)
+    with WatcherProcess(["--config", config], env) as watcher:
+        start_polling(watcher, state_dir, root, folders=3)
+        movie(share.source, "Slice One (2024)")
+        wait_until(lambda: pending_changes(state_dir) > 0, WAIT, interval=0.02,
+                   message=f"no polling cycle saw the first slice:\n{watcher.output}")
+        movie(share.source, "Slice Two (2024)")  # the copy goes on into the next cycle
+        sent = watcher.wait_for_line(r"refresh sent: ", WAIT)
+        # Each slice is one cycle's changes: the root and the new folder. One refresh for both.
+        assert re.search(r" for 4 changes under ", sent), f"the refresh did not wait for the copy:\n{watcher.output}"
+        finish(watcher, jellyfin, 1)
+    assert str(share.source / "Slice Two (2024)" / "Slice Two (2024).mkv") in jellyfin.items

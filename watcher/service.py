@@ -74,6 +74,14 @@ class Reload:
     """Queue item: read the configuration again (SIGHUP)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """Queue item: the watch verification of ``roots`` ((key, identity when watched)) ended."""
+
+    roots: tuple[tuple[str, tuple[Any, ...]], ...]
+    results: tuple[Coverage, ...]
+
+
 class Interrupted(Exception):
     """A stop was requested while waiting on Jellyfin."""
 
@@ -161,7 +169,6 @@ class Service:
         self._held: str = ""
         self._refused: str = ""
         self._waiting_for_poll = False
-        self._verify_later: list[_RootRecord] | None = None
         self._waiting_for_scan = False
         self._last_error = ""
         self._last_refresh: _LastRefresh | None = None
@@ -203,11 +210,7 @@ class Service:
         self._watcher.start()
         monitor.start()
         try:
-            # Start-up: READY=1 as soon as the watches are set; their verification (a second
-            # walk of every tree, about a third of start-up on a large library) follows it.
-            self._verify_later = []
-            self._check_health(self._clock())
-            unverified, self._verify_later = self._verify_later, None
+            self._check_health(self._clock())  # watches the roots; their verification runs on its own thread
             watched = sorted(record.key for record in self._records.values() if record.watched)
             logger.info(
                 "watching %d of %d roots: %s",
@@ -221,8 +224,6 @@ class Service:
                 self._next_libraries = self._clock() + self.config.library_interval
             self._publish(self._clock(), force=True)
             self._notifier.notify(READY="1", STATUS=self._published.status_line)
-            self._verify(unverified)
-            self._publish(self._clock())
             self._loop()
         finally:
             self._notifier.notify(STOPPING="1")
@@ -276,6 +277,8 @@ class Service:
                     reload = True
                 elif isinstance(item, PollResult):
                     polled.append(item)
+                elif isinstance(item, _Verified):
+                    self._on_verified(item)
                 elif isinstance(item, EventsLost):
                     logger.warning("the kernel's event queue overflowed: counting every root as changed")
                     self._debouncer.add_many(now, self._records)
@@ -405,10 +408,7 @@ class Service:
                     self._debouncer.add(now, record.key)
         if learned:
             self._save()
-        if self._verify_later is not None:
-            self._verify_later.extend(rewatched)
-        else:
-            self._verify(rewatched)
+        self._verify(rewatched)
         if self._held and not any(self._reason(record, now) for record in records):
             self._retry_at = min(self._retry_at, now)  # the kept batch need not wait for the next recheck
         settling = [record.back_since + self.config.settle for record in records if record.back_since is not None]
@@ -482,23 +482,39 @@ class Service:
         return True
 
     def _verify(self, records: Sequence[_RootRecord]) -> None:
-        """Compare each root's folders with the kernel's watches; ERROR on a shortfall,
-        and poll the root instead where its ``fallback`` says so."""
+        """Compare each root's folders with the kernel's watches, on a thread of its own:
+        the listing walks every tree (seconds on a large share; up to ``VERIFY_TIMEOUT`` on
+        a hung one) and the loop must not wait for it. The result comes back as a
+        :class:`_Verified` queue item."""
         records = [record for record in records if record.poller is None]
         if not records:
             return
         timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
-        for record, result in zip(records, coverage([record.root.path for record in records], timeout, self._stop)):
+        identities = [(record.key, record.watched_as) for record in records]
+        paths = [record.root.path for record in records]
+
+        def run() -> None:
+            self._queue.put(_Verified(tuple(identities), tuple(coverage(paths, timeout, self._stop))))
+
+        threading.Thread(target=run, name="verify-watches", daemon=True).start()
+
+    def _on_verified(self, verified: _Verified) -> None:
+        """ERROR on a shortfall, and poll the root instead where its ``fallback`` says so.
+        A root watched again (or dropped) since the listing began is left to the next one."""
+        for (key, watched_as), result in zip(verified.roots, verified.results):
+            record = self._records.get(key)
+            if record is None or not record.watched or record.poller is not None or record.watched_as != watched_as:
+                continue
             record.coverage = result
             problem = result.problem()
             if problem is None:
                 logger.debug("%s: all %d folders watched", record.key, result.folders)
-            else:
-                if problem != record.problem:
-                    logger.error("%s", problem)
-                    record.problem = problem
-                if record.root.fallback == "poll":
-                    self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")", events_meanwhile=True)
+                continue
+            if problem != record.problem:
+                logger.error("%s", problem)
+                record.problem = problem
+            if record.root.fallback == "poll":
+                self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")", events_meanwhile=True)
 
     def _reason(self, record: _RootRecord, now: float) -> str:
         """Why ``record`` blocks a refresh ("" when it is ready, or its health gate is off)."""

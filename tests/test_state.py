@@ -269,3 +269,25 @@ def test_a_different_error_is_logged_too(tmp_path: Path, caplog: pytest.LogCaptu
     assert store.save(sample()) is False
 
     assert len(error_lines(caplog)) == 2
+
+
+def test_learn_remembers_mount_points_and_never_drops_a_disk_below() -> None:
+    saved = SavedState()
+
+    assert saved.learn("/mnt/usb/movies", "/mnt/usb", ["/mnt/usb/movies/extra"], configured=False) is True
+    assert saved.learn("/mnt/usb/movies", "/", [], configured=False) is False  # known: not re-learned
+
+    assert saved.mounts == {"/mnt/usb/movies": "/mnt/usb"}
+    assert saved.below == {"/mnt/usb/movies": ["/mnt/usb/movies/extra"]}
+    assert saved.expected_mounts() == {Path("/mnt/usb/movies"): Path("/mnt/usb")}
+    assert saved.expected_below() == {Path("/mnt/usb/movies"): ["/mnt/usb/movies/extra"]}
+
+
+def test_learn_skips_a_configured_mount_point_and_forget_drops_everything() -> None:
+    saved = SavedState()
+
+    assert saved.learn("/srv/shows", "/srv", [], configured=True) is False
+    assert saved.mounts == {} and saved.below == {}
+    saved.learn("/srv/films", "/srv", ["/srv/films/disk2"], configured=False)
+    saved.forget("/srv/films")
+    assert saved.mounts == {} and saved.below == {}

@@ -272,9 +272,7 @@ def _resolve_roots(config: Config, client: JellyfinClient | None) -> tuple[Root,
 def _probe(config: Config, roots: Sequence[Root]) -> list[Health]:
     """Probe ``roots``; a root that is a file is a usage error."""
     saved = StateStore(config.state_dir).load()
-    expected = {Path(path): Path(mount) for path, mount in saved.mounts.items()}
-    below = {Path(path): points for path, points in saved.below.items()}
-    results = probe_roots(roots, expected, config.probe_timeout, expected_below=below)
+    results = probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below())
     for health in results:
         if health.is_file:
             raise ConfigError(f"root {health.root.path} is a file, not a folder: give the library's folder")
@@ -316,8 +314,7 @@ def _forget_mounts(config: Config, roots: Sequence[Root]) -> None:
     store = StateStore(config.state_dir)
     saved = store.load()
     for root in roots:
-        saved.mounts.pop(str(root.path), None)
-        saved.below.pop(str(root.path), None)
+        saved.forget(str(root.path))
     store.save(saved)
 
 
@@ -400,15 +397,13 @@ def _wait_for_scan(config: Config, client: JellyfinClient) -> bool:
 
 
 def _learn_mounts(config: Config, results: Sequence[Health]) -> None:
+    """Remember where the healthy roots live, as the daemon does."""
     store = StateStore(config.state_dir)
     saved = store.load()
-    learned = {
-        str(health.root.path): str(health.mount_point)
-        for health in results
-        if health.root.mount is None and health.mount_point is not None and str(health.root.path) not in saved.mounts
-    }
+    learned = False
+    for health in results:
+        learned |= health.learn_into(saved)
     if learned:
-        saved.mounts.update(learned)
         store.save(saved)
 
 

@@ -36,6 +36,7 @@ import psutil
 
 from watcher.config import Root
 from watcher.mounts import mount_ids
+from watcher.state import SavedState
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,16 @@ class Health:
     @property
     def healthy(self) -> bool:
         return self.state is State.HEALTHY
+
+    @property
+    def mounts_below(self) -> list[str]:
+        """The mount points below the root (``mounts`` starts with the root's own)."""
+        return [point for point, _ in self.mounts[1:]]
+
+    def learn_into(self, saved: SavedState) -> bool:
+        """Record where this (healthy) root lives in ``saved``; True if anything was new."""
+        mount_point = None if self.mount_point is None else str(self.mount_point)
+        return saved.learn(str(self.root.path), mount_point, self.mounts_below, self.root.mount is not None)
 
     def describe(self) -> str:
         """``"/mnt/usb/movies is unmounted (…)"``: the line a user reads."""

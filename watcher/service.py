@@ -25,8 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
@@ -358,9 +357,13 @@ class Service:
     def _check_health(self, now: float) -> list[Health]:
         """Probe every root, log state changes, (re)watch roots that are back and settled."""
         records = list(self._records.values())
-        expected = {Path(path): Path(mount) for path, mount in self._saved.mounts.items()}
-        below = {Path(path): points for path, points in self._saved.below.items()}
-        results = probe_roots([record.root for record in records], expected, self.config.probe_timeout, self._stop, below)
+        results = probe_roots(
+            [record.root for record in records],
+            self._saved.expected_mounts(),
+            self.config.probe_timeout,
+            self._stop,
+            self._saved.expected_below(),
+        )
         if self._stop.is_set():
             return results
         learned = False
@@ -384,7 +387,7 @@ class Service:
                     if self._watch(record, health):
                         rewatched.append(record)
                 continue
-            learned |= self._learn_mounts(record, health)
+            learned |= health.learn_into(self._saved)
             if previous is None and not record.watched:
                 if self._watch(record, health):
                     rewatched.append(record)
@@ -414,18 +417,6 @@ class Service:
         settling = [record.back_since + self.config.settle for record in records if record.back_since is not None]
         self._next_health = min([now + self.config.health_interval, *settling])
         return results
-
-    def _learn_mounts(self, record: _RootRecord, health: Health) -> bool:
-        """Remember where a healthy root lives, and the disks mounted below it."""
-        learned = False
-        if record.root.mount is None and record.key not in self._saved.mounts and health.mount_point is not None:
-            self._saved.mounts[record.key] = str(health.mount_point)
-            learned = True
-        below = sorted({point for point, _ in health.mounts[1:]} | set(self._saved.below.get(record.key, ())))
-        if below != self._saved.below.get(record.key, []) and (below or record.key in self._saved.below):
-            self._saved.below[record.key] = below
-            learned = True
-        return learned
 
     def _mode(self, record: _RootRecord, health: Health) -> str:
         """``poll`` or ``events`` for this root: its ``mode``, or for ``auto`` polling on

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,33 @@ class SavedState:
     below: dict[str, list[str]] = field(default_factory=dict)
     """Root path → mount points seen below it while healthy (disks mounted inside it)."""
     pending: PendingChanges | None = None
+
+    def expected_mounts(self) -> dict[Path, Path]:
+        """Root path → the mount point it must live on, as ``health.probe_roots`` takes it."""
+        return {Path(path): Path(mount) for path, mount in self.mounts.items()}
+
+    def expected_below(self) -> dict[Path, list[str]]:
+        """Root path → mount points that must be mounted below it."""
+        return {Path(path): points for path, points in self.below.items()}
+
+    def learn(self, root: str, mount_point: str | None, below: Iterable[str], configured: bool) -> bool:
+        """Remember where a healthy ``root`` lives (unless its mount point is ``configured``
+        or already known) and the disks mounted below it (added, never dropped: a disk
+        that goes away is what the check is for). True if anything new was learned."""
+        learned = False
+        if not configured and root not in self.mounts and mount_point is not None:
+            self.mounts[root] = mount_point
+            learned = True
+        points = sorted(set(below) | set(self.below.get(root, ())))
+        if points != self.below.get(root, []) and (points or root in self.below):
+            self.below[root] = points
+            learned = True
+        return learned
+
+    def forget(self, root: str) -> None:
+        """Drop what was learned about ``root`` (``check --relearn``)."""
+        self.mounts.pop(root, None)
+        self.below.pop(root, None)
 
 
 class StateStore:

@@ -20,22 +20,30 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from watcher import __version__
 from pythonjsonlogger.json import JsonFormatter
 
+from watcher import __version__
 from watcher import status as status_file
-from watcher.config import DEFAULT_LIBRARY_INTERVAL, LOG_FORMATS, LOG_LEVELS, Config, Root, default_config_file, load
-from watcher.errors import ConfigError, JellyfinError
-from watcher.config import Secret
-from watcher.health import Health, State, probe_roots
-from watcher.jellyfin import JellyfinClient, Library, UserLogin
+from watcher.config import (
+    DEFAULT_LIBRARY_INTERVAL,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    Config,
+    Root,
+    Secret,
+    default_config_file,
+    load,
+)
 from watcher.debounce import Batch
 from watcher.doctor import doctor as run_doctor
-from watcher.scope import plan
+from watcher.errors import ConfigError, JellyfinError
 from watcher.guard import Limits, Prediction
 from watcher.guard import predict as predict_removals
-from watcher.service import SCAN_RUNNING_RECHECK, Service
+from watcher.health import Health, State, probe_roots
+from watcher.jellyfin import JellyfinClient, Library, UserLogin
 from watcher.notify import Notifier
+from watcher.scope import plan
+from watcher.service import SCAN_RUNNING_RECHECK, Service, send
 from watcher.state import StateStore
 
 logger = logging.getLogger("watcher")
@@ -380,7 +388,7 @@ def _refresh(config: Config, allow_removals: int = 0) -> int:
             continue
         if request.kind == "server" and not _wait_for_scan(config, client):
             return EXIT_UNHEALTHY
-        Service._send(client, request)
+        send(client, request)
         print(f"refresh sent: {request.describe()}")
     return EXIT_UNHEALTHY if suppressed else EXIT_OK
 

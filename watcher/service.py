@@ -608,7 +608,7 @@ class Service:
         sent: set[str] = set()
         try:
             for request in requests:
-                self._call(lambda request=request: self._send(client, request))
+                self._call(lambda request=request: send(client, request))
                 sent |= request.roots
                 logger.info("refresh sent: %s for %s", request.describe(), description)
         except BaseException as error:
@@ -648,16 +648,6 @@ class Service:
                 )
                 refusals.append(prediction.describe() + hint)
         return "; ".join(refusals)
-
-    @staticmethod
-    def _send(client: JellyfinClient, request: RefreshRequest) -> None:
-        if request.kind == "server":
-            client.refresh_library()
-        elif request.kind == "library":
-            assert request.library_id is not None
-            client.refresh_item(request.library_id)
-        else:
-            client.media_updated(request.paths)
 
     def _gate(self, batch: Batch, now: float) -> tuple[frozenset[str], list[str]]:
         """Which of the batch's roots may be refreshed now, and why the others may not.
@@ -905,6 +895,17 @@ def _status_line(document: dict[str, Any]) -> str:
     if last:
         parts.append(f"last refresh {time.strftime('%H:%M', time.localtime(last['time']))} ({last['result'].split(':')[0]})")
     return " · ".join(parts)
+
+
+def send(client: JellyfinClient, request: RefreshRequest) -> None:
+    """Send one planned refresh request. Raises JellyfinError."""
+    if request.kind == "server":
+        client.refresh_library()
+    elif request.kind == "library":
+        assert request.library_id is not None
+        client.refresh_item(request.library_id)
+    else:
+        client.media_updated(request.paths)
 
 
 def _part(batch: Batch, roots: frozenset[str]) -> Batch:

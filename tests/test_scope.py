@@ -1,4 +1,4 @@
-"""Refresh scopes (``watcher.scope.plan`` and ``fold``), path mapping (``Config.map_path`` and
+"""Refresh scopes (``watcher.core.scope.plan`` and ``fold``), path mapping (``Config.map_path`` and
 ``Config.jellyfin_path``) and the configuration errors of the keys behind them.
 
 Pure: no process, no server. A batch is built by hand as the debouncer would hand it over;
@@ -16,8 +16,8 @@ import pytest
 
 from watcher import cli, config
 from watcher.config import Config, ConfigError, PathMapping, Root
-from watcher.debounce import Batch
-from watcher.scope import MAX_PATHS, RefreshRequest, fold, plan
+from watcher.core.debounce import Batch
+from watcher.core.scope import MAX_PATHS, RefreshRequest, fold, plan
 
 MOVIES_ID = "0123456789abcdef0123456789abcdef"
 SHOWS_ID = "fedcba9876543210fedcba9876543210"

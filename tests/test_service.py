@@ -46,7 +46,7 @@ from support import (
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher.notify import Notifier
+from watcher.edges.sdnotify import Notifier
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion (a loaded machine)."""

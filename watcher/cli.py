@@ -34,15 +34,15 @@ from watcher.config import (
     default_config_file,
     load,
 )
-from watcher.debounce import Batch
+from watcher.core.debounce import Batch
 from watcher.doctor import doctor as run_doctor
 from watcher.errors import ConfigError, JellyfinError
 from watcher.guard import Limits, Prediction
 from watcher.guard import predict as predict_removals
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient, Library, UserLogin
-from watcher.notify import Notifier
-from watcher.scope import plan
+from watcher.edges.sdnotify import Notifier
+from watcher.core.scope import plan
 from watcher.service import SCAN_RUNNING_RECHECK, Service, send
 from watcher.state import StateStore
 

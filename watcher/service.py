@@ -31,15 +31,15 @@ from typing import Any, TypeVar
 
 from watcher import status as status_file
 from watcher.config import Config, Root
-from watcher.debounce import Batch, Debouncer
+from watcher.core.debounce import Batch, Debouncer
 from watcher.errors import ConfigError, JellyfinError, KeyRejected, ServerUnavailable
 from watcher.filters import IgnoreFilter
 from watcher.guard import Limits, predict
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient
-from watcher.notify import Notifier
+from watcher.edges.sdnotify import Notifier
 from watcher.poll import PollResult, RootPoller
-from watcher.scope import RefreshRequest, plan
+from watcher.core.scope import RefreshRequest, plan
 from watcher.state import PendingChanges, SavedState, StateStore
 from watcher.verify import Coverage, coverage
 from watcher.watch import Change, EventsLost, MountMonitor, MountsChanged, RootWatcher

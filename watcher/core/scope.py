@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from watcher.config import Root
-from watcher.debounce import Batch
+from watcher.core.debounce import Batch
 
 MAX_PATHS = 100
 """Folders sent in one ``POST /Library/Media/Updated``; more means a library refresh."""

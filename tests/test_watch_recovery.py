@@ -22,7 +22,8 @@ import pytest
 from support import TmpfsMount, wait_until
 
 from watcher.verify import coverage
-from watcher.watch import Change, EventsLost, RootWatcher
+from watcher.core.messages import EventsLost, FileEvent
+from watcher.watch import RootWatcher
 
 WAIT = 15.0
 
@@ -57,7 +58,7 @@ def test_overflow_recovery_does_not_overflow_again_and_watches_what_was_missed(t
                 leaf.mkdir(parents=True)
                 leaves.append(leaf)
         events: SimpleQueue[object] = SimpleQueue()
-        with RootWatcher(events) as watcher:
+        with RootWatcher(events.put) as watcher:
             assert watcher.watch(root) is None
             # A storm from another process (as fast as the kernel allows; the reader cannot
             # keep up) that also makes new folders and renames some while events are lost.
@@ -90,7 +91,7 @@ def test_overflow_recovery_does_not_overflow_again_and_watches_what_was_missed(t
             seen: set[str] = set()
 
             def both_seen() -> bool:
-                seen.update(str(item.event.src_path) for item in drain(events) if isinstance(item, Change))
+                seen.update(item.path for item in drain(events) if isinstance(item, FileEvent))
                 return wanted <= seen
 
             wait_until(both_seen, WAIT, message=f"events under folders made or renamed during the overflow: {seen & wanted}")
@@ -106,7 +107,7 @@ def test_a_folder_tree_copied_in_does_not_warn(tmp_path: Path) -> None:
     root = tmp_path / "shows"
     root.mkdir()
     events: SimpleQueue[object] = SimpleQueue()
-    with RootWatcher(events) as watcher:
+    with RootWatcher(events.put) as watcher:
         assert watcher.watch(root) is None
         for copy in range(5):  # a copy creates each folder, then its sub-folders: the race that double-registers
             subprocess.run(["cp", "-r", str(source), str(root / f"Show {copy}")], check=True)
@@ -115,7 +116,7 @@ def test_a_folder_tree_copied_in_does_not_warn(tmp_path: Path) -> None:
         seen: set[str] = set()
 
         def probe_seen() -> bool:
-            seen.update(str(item.event.src_path) for item in drain(events) if isinstance(item, Change))
+            seen.update(item.path for item in drain(events) if isinstance(item, FileEvent))
             return str(probe) in seen
 
         wait_until(probe_seen, WAIT, message="no event after the copies: watchdog's reader thread died?")

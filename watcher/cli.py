@@ -43,7 +43,9 @@ from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient, Library, UserLogin
 from watcher.edges.sdnotify import Notifier
 from watcher.core.scope import plan
-from watcher.service import SCAN_RUNNING_RECHECK, Service, send
+from watcher.core.decide import SCAN_RUNNING_RECHECK
+from watcher.edges.workers import send
+from watcher.service import Service
 from watcher.state import StateStore
 
 logger = logging.getLogger("watcher")
@@ -434,7 +436,6 @@ def _run(config: Config, reload: Callable[[], tuple[Config, JellyfinClient | Non
     notifier = Notifier(os.environ)
     service = Service(
         config,
-        resolve_roots=lambda current: _resolve_roots(current, holder["client"]),
         client=client,
         store=StateStore(config.state_dir),
         reload=reloaded if reload is not None else None,

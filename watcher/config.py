@@ -44,6 +44,8 @@ DEFAULT_SETTLE = 10.0
 """Seconds a root that came back must stay healthy before it is watched again."""
 DEFAULT_HEALTH_INTERVAL = 60.0
 """Seconds between periodic health checks (mount changes trigger one at once on Linux)."""
+DEFAULT_MAX_WRITE_WAIT = 3600.0
+"""Seconds a file still being written may hold its batch back at most."""
 DEFAULT_POLL_INTERVAL = 60.0
 """Seconds between polling cycles of a root watched by polling."""
 DEFAULT_NETWORK_FSTYPES: tuple[str, ...] = (
@@ -81,6 +83,8 @@ DEFAULT_IGNORE: tuple[str, ...] = (
     # Partial and temporary downloads.
     "*.part",
     "*.partial",
+    "*.partial~",  # Sonarr and Radarr copy through <name>.partial~ ...
+    "*.backup~",  # ... and keep the replaced file as <name>.backup~
     "*.!qB",
     "*.!ut",
     "*.crdownload",
@@ -208,6 +212,9 @@ class Config:
     guard_timeout: float = 60.0
     """Seconds the existence check of one library's files may take before the prediction
     counts as unresponsive."""
+    guard_when: str = "always"
+    """``always``: predict before every refresh; ``removals``: only after a deletion, a
+    move or an unmount (cheaper, blind to media vanishing without an event)."""
     roots: tuple[Root, ...] = ()
     quiet_period: float = DEFAULT_QUIET_PERIOD
     max_wait: float = DEFAULT_MAX_WAIT
@@ -216,6 +223,7 @@ class Config:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     settle: float = DEFAULT_SETTLE
     health_interval: float = DEFAULT_HEALTH_INTERVAL
+    max_write_wait: float = DEFAULT_MAX_WRITE_WAIT
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     poll_interval: float = DEFAULT_POLL_INTERVAL
     network_fstypes: tuple[str, ...] = DEFAULT_NETWORK_FSTYPES
@@ -269,7 +277,8 @@ def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
 # --- Schema of the TOML file -------------------------------------------------------------
 
 _TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map"}
-_GUARD_KEYS = {"enabled", "max_removals", "max_share", "timeout", "libraries"}
+_GUARD_KEYS = {"enabled", "when", "max_removals", "max_share", "timeout", "libraries"}
+GUARD_WHEN = ("always", "removals")
 _LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
 _JELLYFIN_KEYS = {
     "url",
@@ -292,6 +301,7 @@ _WATCH_KEYS = {
     "backoff_max",
     "settle",
     "health_interval",
+    "max_write_wait",
     "poll_interval",
     "network_fstypes",
     "ignore",
@@ -390,6 +400,7 @@ def load(
     backoff_max = seconds("backoff_max", "backoff_max", DEFAULT_BACKOFF_MAX, minimum=1.0)
     settle = seconds("settle", "settle", DEFAULT_SETTLE)
     health_interval = seconds("health_interval", "health_interval", DEFAULT_HEALTH_INTERVAL, minimum=0.1)
+    max_write_wait = seconds("max_write_wait", "max_write_wait", DEFAULT_MAX_WRITE_WAIT)
     poll_interval = seconds("poll_interval", "poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.1)
     network_fstypes = DEFAULT_NETWORK_FSTYPES
     if "network_fstypes" in watch:
@@ -482,6 +493,7 @@ def load(
         max_removal_share=max_removal_share,
         library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),
         guard_timeout=_seconds(guard.get("timeout", 60.0), f"{where}: guard.timeout", 0.1),
+        guard_when=choice(guard, "guard", "when", GUARD_WHEN),
         roots=roots,
         quiet_period=quiet_period,
         max_wait=max_wait,
@@ -490,6 +502,7 @@ def load(
         backoff_max=backoff_max,
         settle=settle,
         health_interval=health_interval,
+        max_write_wait=max_write_wait,
         ignore=ignore,
         poll_interval=poll_interval,
         network_fstypes=network_fstypes,

@@ -107,7 +107,7 @@ def plan(
         if len(folded) <= MAX_PATHS:
             requests.append(RefreshRequest("path", frozenset(folder_roots), paths=tuple(jellyfin_path(f) for f in folded)))
         else:
-            for library_id in sorted({roots[key].library_id for key in folder_roots}):  # type: ignore[type-var]
+            for library_id in sorted({roots[key].library_id or "" for key in folder_roots}):
                 keys = frozenset(key for key in folder_roots if roots[key].library_id == library_id)
                 requests.append(RefreshRequest("library", keys, library_id, roots[next(iter(keys))].library_name))
     return requests

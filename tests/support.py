@@ -13,11 +13,16 @@ context manager undoes what it did in teardown, whatever happened in the test:
 
 The API key handed to a child through ``JELLYFIN_API_KEY`` must never show in its output:
 :meth:`WatcherProcess.terminate` and :func:`run_cli` check that (scenario h).
+
+The section "shared test helpers" near the top holds the small helpers every test file
+needs (configuration files, media files, the checks at the end of a run); new helpers go
+at the end of the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -31,7 +36,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import tomli_w
+
+if TYPE_CHECKING:
+    from tests.jellyfin.emulator import JellyfinEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 """The checkout under test; children run with it as their working directory, so that
@@ -91,6 +101,145 @@ def assert_no_secret(secret: str | None, *texts: str, where: str = "output") -> 
         if secret in text:
             line = next(line for line in text.splitlines() if secret in line)
             raise AssertionError(f"the API key appears in the {where}: {line.replace(secret, '<KEY>')!r}")
+
+
+# --- shared test helpers: configuration files, media files, the end of a run -------------------
+
+DEFAULT_WAIT = 10.0
+"""Deadline, seconds, of the waits in the helpers below unless the caller gives its own: for
+what is not itself a timing assertion (a loaded 2-core machine)."""
+STOP_WITHIN = 2.0
+"""Seconds the watcher may take to exit on SIGTERM (README: "stops within 2 seconds")."""
+MKV = b"\x1a\x45\xdf\xa3"
+"""The first bytes of a Matroska file: the content of every media file the tests make."""
+
+
+def _utf8_text(text: str) -> str:
+    """``text`` if a TOML file can hold it; ValueError for a name that is not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A TOML document is UTF-8 and a \u escape must be a Unicode scalar value (TOML 1.0,
+        # "String"), so a name os.fsdecode turned into surrogate escapes has no TOML spelling.
+        raise ValueError(f"{text!r} is not UTF-8: a TOML configuration cannot name it") from None
+    return text
+
+
+def toml_string(value: object) -> str:
+    """``str(value)`` (a path, a URL) as a TOML basic string, quotes included, for a test that
+    writes its configuration as text: newlines, quotes, backslashes and control characters
+    are escaped (by tomli_w). Raises ValueError for a name that is not UTF-8 (surrogate
+    escapes): no TOML file can hold it."""
+    return tomli_w.dumps({"value": _utf8_text(str(value))}).removeprefix("value = ").removesuffix("\n")
+
+
+def _toml_value(value: Any) -> Any:
+    """``value`` with every path turned into its string, ready for tomli_w."""
+    if isinstance(value, os.PathLike):
+        return _utf8_text(os.fspath(value))
+    if isinstance(value, str):
+        return _utf8_text(value)
+    if isinstance(value, Mapping):
+        return {str(key): _toml_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_toml_value(item) for item in value]
+    return value
+
+
+def write_file(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path``, making its folders as needed; return ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_config(path: Path, config: str | Mapping[str, Any]) -> Path:
+    """Write a configuration file and return ``path``.
+
+    ``config``: the text itself (for a file a test wants exactly so, broken or odd), or the
+    document as a mapping (tables as nested mappings, ``roots`` as a list of mappings; paths
+    may be :class:`~pathlib.Path`), written as TOML by tomli_w. Raises ValueError for a path
+    that is not UTF-8 (see :func:`toml_string`).
+    """
+    return write_file(path, config if isinstance(config, str) else tomli_w.dumps(_toml_value(config)))
+
+
+def movie(folder: Path, title: str) -> Path:
+    """``folder/title/title.mkv``, as a media manager lays a film out (folders made as needed)."""
+    path = folder / title / f"{title}.mkv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(MKV)
+    return path
+
+
+def read_status_file(state_dir: Path) -> dict[str, Any] | None:
+    """The daemon's status file ``state_dir/status.json`` as it is now; None when it is not
+    there yet or half written. Reads the file only: never touches a (possibly hung) root."""
+    try:
+        document = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def refresh_requests(jellyfin: JellyfinEmulator) -> list[str]:
+    """``METHOD path`` of every refresh request the emulator answered."""
+    return [f"{request.method} {request.path}" for request in jellyfin.requests
+            if request.method == "POST" and re.search(r"/Refresh$|/Media/Updated$", request.path)]
+
+
+def hung_child(pid: int, marker: str) -> int | None:
+    """The pid of a child of process ``pid`` whose command line holds ``marker`` and that
+    waits on a FUSE request (``/proc/PID/wchan`` is ``request_wait_answer``, the kernel's
+    fs/fuse/dev.c), or None: proof that a probe of the daemon hangs on a stopped FUSE mount."""
+    for child in children_of(pid):
+        if marker not in cmdlines([child]).get(child, ""):
+            continue
+        try:
+            with open(f"/proc/{child}/wchan", encoding="ascii") as file:
+                if "request_wait_answer" in file.read():
+                    return child
+        except OSError:
+            continue
+    return None
+
+
+def assert_nothing_lost(jellyfin: JellyfinEmulator, wait: float = DEFAULT_WAIT) -> None:
+    """Jellyfin's scans finished, deleted no item and broke no rule of its API spec."""
+    assert jellyfin.wait_for_scans_idle(wait), "Jellyfin's scans did not finish"
+    assert jellyfin.removed == [], "a scan deleted items whose files were only unreachable"
+    assert jellyfin.violations == []
+
+
+def stop(watcher: WatcherProcess, within: float | None = STOP_WITHIN, wait: float = DEFAULT_WAIT) -> float:
+    """SIGTERM: the watcher exits 0 (within ``within`` seconds unless None) without a
+    traceback. Returns the seconds it took."""
+    started = time.monotonic()
+    code = watcher.terminate(wait)
+    took = time.monotonic() - started
+    assert code == 0, watcher.output
+    if within is not None:
+        assert took <= within, f"the watcher took {took:.2f} s to exit on SIGTERM"
+    assert "Traceback" not in watcher.output, watcher.output
+    return took
+
+
+def stop_with_nothing_pending(watcher: WatcherProcess, within: float | None = None,
+                              wait: float = DEFAULT_WAIT) -> float:
+    """:func:`stop`, and the last line says no change is pending: proof that no further
+    refresh was owed. Returns the seconds the exit took."""
+    took = stop(watcher, within, wait)
+    assert re.search(r"stopped; no changes pending$", watcher.lines[-1]), watcher.output
+    return took
+
+
+def finish(watcher: WatcherProcess, jellyfin: JellyfinEmulator, refreshes: int, wait: float = DEFAULT_WAIT) -> None:
+    """The end of a run: the watcher exits 0 within 2 s of SIGTERM with nothing pending,
+    Jellyfin got exactly ``refreshes`` refreshes, and its scans deleted nothing."""
+    stop_with_nothing_pending(watcher, STOP_WITHIN, wait)
+    assert jellyfin.wait_for_scans_idle(wait), "Jellyfin's scans did not finish"
+    assert len(jellyfin.refreshes) == refreshes, f"{len(jellyfin.refreshes)} refreshes:\n{watcher.output}"
+    assert_nothing_lost(jellyfin, wait)
 
 
 # --- the daemon as a child process ------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import write_file
 
 from watcher import cli, config
 from watcher.config import CREDENTIAL_NAME, DEFAULT_IGNORE, Config, ConfigError, Root, Secret
@@ -21,12 +22,6 @@ from watcher.errors import WatcherError
 SECRET = "0123456789abcdef0123456789abcdef"
 
 running_as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def load(
@@ -74,7 +69,7 @@ def test_defaults_without_a_file(tmp_path: Path) -> None:
 
 
 def test_empty_file_gives_the_defaults(config_file: Path) -> None:
-    write(config_file, "")
+    write_file(config_file, "")
 
     loaded = load(config_file)
 
@@ -83,8 +78,8 @@ def test_empty_file_gives_the_defaults(config_file: Path) -> None:
 
 
 def test_full_file(tmp_path: Path, config_file: Path) -> None:
-    key_file = write(tmp_path / "key", SECRET + "\n")
-    write(
+    key_file = write_file(tmp_path / "key", SECRET + "\n")
+    write_file(
         config_file,
         f"""
         state_dir = "{tmp_path / 'state'}"
@@ -152,7 +147,7 @@ def test_config_is_frozen(config_file: Path) -> None:
 def test_url_precedence(
     config_file: Path, flag: str | None, env: str | None, in_file: str | None, expected: str | None
 ) -> None:
-    write(config_file, "" if in_file is None else f'[jellyfin]\nurl = "{in_file}"\n')
+    write_file(config_file, "" if in_file is None else f'[jellyfin]\nurl = "{in_file}"\n')
     environ = {} if env is None else {"JELLYFIN_URL": env}
 
     assert load(config_file, {"url": flag}, environ).url == expected
@@ -160,7 +155,7 @@ def test_url_precedence(
 
 def test_a_bad_url_in_the_file_is_shadowed_by_a_flag(config_file: Path) -> None:
     # Only the source that is used is parsed.
-    write(config_file, '[jellyfin]\nurl = "ftp://file"\n')
+    write_file(config_file, '[jellyfin]\nurl = "ftp://file"\n')
 
     assert load(config_file, {"url": "https://flag"}).url == "https://flag"
 
@@ -170,13 +165,13 @@ def test_a_bad_url_in_the_file_is_shadowed_by_a_flag(config_file: Path) -> None:
     [("5", "12", 5.0), ("0", 12, 0.0), (None, 12, 12.0), (None, "2.5", 2.5), (None, None, 30.0)],
 )
 def test_quiet_period_precedence(config_file: Path, flag: str | None, in_file: object, expected: float) -> None:
-    write(config_file, "" if in_file is None else f"[watch]\nquiet_period = {in_file!r}\n".replace("'", '"'))
+    write_file(config_file, "" if in_file is None else f"[watch]\nquiet_period = {in_file!r}\n".replace("'", '"'))
 
     assert load(config_file, {"quiet_period": flag}).quiet_period == expected
 
 
 def test_other_timing_flags_beat_the_file(config_file: Path) -> None:
-    write(config_file, "[watch]\nmax_wait = 100\nprobe_timeout = 3\n")
+    write_file(config_file, "[watch]\nmax_wait = 100\nprobe_timeout = 3\n")
 
     loaded = load(config_file, {"max_wait": "50", "probe_timeout": "1.5"})
 
@@ -184,7 +179,7 @@ def test_other_timing_flags_beat_the_file(config_file: Path) -> None:
 
 
 def test_log_level_and_dry_run_flags_beat_the_file(config_file: Path) -> None:
-    write(config_file, 'log_level = "error"\ndry_run = false\n')
+    write_file(config_file, 'log_level = "error"\ndry_run = false\n')
 
     loaded = load(config_file, {"log_level": "debug", "dry_run": True})
 
@@ -192,7 +187,7 @@ def test_log_level_and_dry_run_flags_beat_the_file(config_file: Path) -> None:
 
 
 def test_root_flags_replace_the_file_roots(tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write(config_file, '[[roots]]\npath = "/srv/file-root"\n')
+    write_file(config_file, '[[roots]]\npath = "/srv/file-root"\n')
     monkeypatch.chdir(tmp_path)
 
     loaded = load(config_file, {"roots": ["/srv/a/", "relative/b", "/srv/c/../d"]})
@@ -205,7 +200,7 @@ def test_root_flags_replace_the_file_roots(tmp_path: Path, config_file: Path, mo
 
 
 def test_no_root_flags_keeps_the_file_roots(config_file: Path) -> None:
-    write(config_file, '[[roots]]\npath = "/srv/file-root"\n')
+    write_file(config_file, '[[roots]]\npath = "/srv/file-root"\n')
 
     assert load(config_file, {"roots": []}).roots == (Root(Path("/srv/file-root")),)
 
@@ -216,10 +211,10 @@ def test_no_root_flags_keeps_the_file_roots(config_file: Path) -> None:
 @pytest.fixture
 def key_sources(tmp_path: Path) -> dict[str, Any]:
     """Every API key source, each holding a different key."""
-    write(tmp_path / "flag-key", "from-flag\n")
-    write(tmp_path / "env-file-key", "from-env-file\n")
-    write(tmp_path / "credentials" / CREDENTIAL_NAME, "from-credential\n")
-    write(tmp_path / "file-key", "from-config-key-file\n")
+    write_file(tmp_path / "flag-key", "from-flag\n")
+    write_file(tmp_path / "env-file-key", "from-env-file\n")
+    write_file(tmp_path / "credentials" / CREDENTIAL_NAME, "from-credential\n")
+    write_file(tmp_path / "file-key", "from-config-key-file\n")
     return {
         "flags": {"api_key_file": str(tmp_path / "flag-key")},
         "environ": {
@@ -244,7 +239,7 @@ def key_sources(tmp_path: Path) -> dict[str, Any]:
 def test_api_key_precedence(
     config_file: Path, key_sources: dict[str, Any], removed: list[str], expected: str
 ) -> None:
-    write(config_file, f'[jellyfin]\napi_key_file = "{key_sources["config_key_file"]}"\n')
+    write_file(config_file, f'[jellyfin]\napi_key_file = "{key_sources["config_key_file"]}"\n')
     flags = {} if "flag" in removed else key_sources["flags"]
     environ = {name: value for name, value in key_sources["environ"].items() if name not in removed}
 
@@ -255,7 +250,7 @@ def test_api_key_precedence(
 
 
 def test_api_key_inline_in_the_file(config_file: Path) -> None:
-    write(config_file, f'[jellyfin]\napi_key = " {SECRET} "\n')
+    write_file(config_file, f'[jellyfin]\napi_key = " {SECRET} "\n')
 
     api_key = load(config_file).api_key
 
@@ -264,7 +259,7 @@ def test_api_key_inline_in_the_file(config_file: Path) -> None:
 
 def test_credentials_directory_without_the_credential_falls_through(tmp_path: Path, config_file: Path) -> None:
     (tmp_path / "credentials").mkdir()
-    write(config_file, '[jellyfin]\napi_key = "from-file"\n')
+    write_file(config_file, '[jellyfin]\napi_key = "from-file"\n')
 
     api_key = load(config_file, environ={"CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")}).api_key
 
@@ -272,7 +267,7 @@ def test_credentials_directory_without_the_credential_falls_through(tmp_path: Pa
 
 
 def test_empty_environment_variables_count_as_unset(tmp_path: Path, config_file: Path) -> None:
-    write(config_file, '[jellyfin]\napi_key = "from-file"\nurl = "http://file"\n')
+    write_file(config_file, '[jellyfin]\napi_key = "from-file"\nurl = "http://file"\n')
     environ = {"JELLYFIN_API_KEY": "", "JELLYFIN_API_KEY_FILE": "", "CREDENTIALS_DIRECTORY": "", "JELLYFIN_URL": ""}
 
     loaded = load(config_file, environ=environ)
@@ -299,7 +294,7 @@ def key_file_error(source: str, key_file: Path, config_file: Path) -> str:
         return load_error(environ={"JELLYFIN_API_KEY_FILE": str(key_file)})
     if source == "credential":
         return load_error(environ={"CREDENTIALS_DIRECTORY": str(key_file.parent)})
-    write(config_file, f'[jellyfin]\napi_key_file = "{key_file}"\n')
+    write_file(config_file, f'[jellyfin]\napi_key_file = "{key_file}"\n')
     return load_error(config_file)
 
 
@@ -327,7 +322,7 @@ def test_missing_key_file(tmp_path: Path, config_file: Path, source: str) -> Non
 
 @pytest.mark.parametrize("source", [*KEY_SOURCES, "credential"])
 def test_empty_key_file(tmp_path: Path, config_file: Path, source: str) -> None:
-    key_file = write(tmp_path / "keys" / CREDENTIAL_NAME, " \n\n")
+    key_file = write_file(tmp_path / "keys" / CREDENTIAL_NAME, " \n\n")
 
     message = key_file_error(source, key_file, config_file)
 
@@ -351,7 +346,7 @@ def test_key_file_that_is_a_directory(tmp_path: Path, config_file: Path, source:
 @pytest.mark.skipif(running_as_root, reason="root reads files whatever their permission bits")
 @pytest.mark.parametrize("source", KEY_SOURCES)
 def test_unreadable_key_file(tmp_path: Path, config_file: Path, source: str) -> None:
-    key_file = write(tmp_path / "key", SECRET)
+    key_file = write_file(tmp_path / "key", SECRET)
     key_file.chmod(0)
 
     message = key_file_error(source, key_file, config_file)
@@ -365,7 +360,7 @@ def test_unreadable_key_file(tmp_path: Path, config_file: Path, source: str) -> 
 @pytest.mark.parametrize("source", KEY_SOURCES)
 def test_key_file_that_cannot_be_opened(tmp_path: Path, config_file: Path, source: str) -> None:
     # Unreadable even for root: a "directory" that is a regular file (ENOTDIR).
-    key_file = write(tmp_path / "regular-file", SECRET) / "key"
+    key_file = write_file(tmp_path / "regular-file", SECRET) / "key"
 
     message = key_file_error(source, key_file, config_file)
 
@@ -388,8 +383,8 @@ def test_key_file_that_is_not_utf8_does_not_show_its_content(tmp_path: Path, con
 
 
 def test_api_key_and_api_key_file_both_set(tmp_path: Path, config_file: Path) -> None:
-    key_file = write(tmp_path / "key", SECRET)
-    write(config_file, f'[jellyfin]\napi_key = "{SECRET}"\napi_key_file = "{key_file}"\n')
+    key_file = write_file(tmp_path / "key", SECRET)
+    write_file(config_file, f'[jellyfin]\napi_key = "{SECRET}"\napi_key_file = "{key_file}"\n')
 
     message = load_error(config_file)
 
@@ -400,7 +395,7 @@ def test_api_key_and_api_key_file_both_set(tmp_path: Path, config_file: Path) ->
 
 @pytest.mark.parametrize("value", ['""', '"   "', "12345", f'["{SECRET}"]', "true"])
 def test_api_key_of_the_wrong_type(config_file: Path, value: str) -> None:
-    write(config_file, f"[jellyfin]\napi_key = {value}\n")
+    write_file(config_file, f"[jellyfin]\napi_key = {value}\n")
 
     message = load_error(config_file)
 
@@ -409,7 +404,7 @@ def test_api_key_of_the_wrong_type(config_file: Path, value: str) -> None:
 
 
 def test_api_key_file_of_the_wrong_type(config_file: Path) -> None:
-    write(config_file, "[jellyfin]\napi_key_file = 42\n")
+    write_file(config_file, "[jellyfin]\napi_key_file = 42\n")
 
     message = load_error(config_file)
 
@@ -486,7 +481,7 @@ def test_api_key_file_of_the_wrong_type(config_file: Path) -> None:
     ],
 )
 def test_bad_file_names_the_file_and_the_key(config_file: Path, text: str, key: str | None, detail: str) -> None:
-    write(config_file, text)
+    write_file(config_file, text)
 
     message = load_error(config_file)
 
@@ -502,13 +497,13 @@ def test_bad_file_names_the_file_and_the_key(config_file: Path, text: str, key: 
     [("/mnt/usb", "/mnt/usb"), ("/mnt/usb", "/mnt/usb/movies"), ("/", "/srv/movies"), ("/mnt/usb/", "/mnt/usb/a/b")],
 )
 def test_mount_containing_the_root_is_accepted(config_file: Path, mount: str, path: str) -> None:
-    write(config_file, f"[[roots]]\npath = '{path}'\nmount = '{mount}'\n")
+    write_file(config_file, f"[[roots]]\npath = '{path}'\nmount = '{mount}'\n")
 
     assert load(config_file).roots == (Root(Path(path), Path(mount)),)
 
 
 def test_mount_containment_is_checked_on_the_normalised_path(config_file: Path) -> None:
-    write(config_file, "[[roots]]\npath = '/mnt/usb/../data/movies'\nmount = '/mnt/usb'\n")
+    write_file(config_file, "[[roots]]\npath = '/mnt/usb/../data/movies'\nmount = '/mnt/usb'\n")
 
     message = load_error(config_file)
 
@@ -516,7 +511,7 @@ def test_mount_containment_is_checked_on_the_normalised_path(config_file: Path) 
 
 
 def test_roots_paths_are_normalised_and_expanded(config_file: Path) -> None:
-    write(config_file, "[[roots]]\npath = '~/movies'\n[[roots]]\npath = '/srv//a/./b/'\n")
+    write_file(config_file, "[[roots]]\npath = '~/movies'\n[[roots]]\npath = '/srv//a/./b/'\n")
 
     roots = load(config_file).roots
 
@@ -549,7 +544,7 @@ def test_config_file_that_is_not_utf8(config_file: Path) -> None:
 
 @pytest.mark.skipif(running_as_root, reason="root reads files whatever their permission bits")
 def test_unreadable_config_file(config_file: Path) -> None:
-    write(config_file, "")
+    write_file(config_file, "")
     config_file.chmod(0)
 
     message = load_error(config_file)
@@ -559,7 +554,7 @@ def test_unreadable_config_file(config_file: Path) -> None:
 
 
 def test_config_file_that_cannot_be_opened(tmp_path: Path) -> None:
-    config_file = write(tmp_path / "regular-file", "") / "config.toml"
+    config_file = write_file(tmp_path / "regular-file", "") / "config.toml"
 
     message = load_error(config_file)
 
@@ -594,19 +589,19 @@ def test_bad_flag_or_environment_names_its_source(
 
 
 def test_extra_ignore_patterns_are_added_to_the_defaults(config_file: Path) -> None:
-    write(config_file, "[watch]\nignore = ['*.sample.*', 'Extras']\n")
+    write_file(config_file, "[watch]\nignore = ['*.sample.*', 'Extras']\n")
 
     assert load(config_file).ignore == (*DEFAULT_IGNORE, "*.sample.*", "Extras")
 
 
 def test_default_ignore_false_keeps_only_the_extra_patterns(config_file: Path) -> None:
-    write(config_file, "[watch]\ndefault_ignore = false\nignore = ['*.sample.*']\n")
+    write_file(config_file, "[watch]\ndefault_ignore = false\nignore = ['*.sample.*']\n")
 
     assert load(config_file).ignore == ("*.sample.*",)
 
 
 def test_default_ignore_false_without_extras_ignores_nothing(config_file: Path) -> None:
-    write(config_file, "[watch]\ndefault_ignore = false\n")
+    write_file(config_file, "[watch]\ndefault_ignore = false\n")
 
     assert load(config_file).ignore == ()
 
@@ -622,7 +617,7 @@ def test_state_dir_takes_the_first_of_several_state_directories(tmp_path: Path) 
 
 
 def test_state_dir_from_file_and_flag_beat_state_directory(tmp_path: Path, config_file: Path) -> None:
-    write(config_file, f"state_dir = '{tmp_path / 'from-file'}'\n")
+    write_file(config_file, f"state_dir = '{tmp_path / 'from-file'}'\n")
     environ = {"STATE_DIRECTORY": str(tmp_path / "from-systemd")}
 
     assert load(config_file, environ=environ).state_dir == tmp_path / "from-file"
@@ -641,7 +636,7 @@ def test_state_dir_without_state_directory() -> None:
 
 
 def test_state_dir_in_the_file_is_expanded(config_file: Path) -> None:
-    write(config_file, "state_dir = '~/watcher-state'\n")
+    write_file(config_file, "state_dir = '~/watcher-state'\n")
 
     assert load(config_file).state_dir == Path("~/watcher-state").expanduser()
 
@@ -687,7 +682,7 @@ def test_secret_equality() -> None:
 
 
 def test_config_repr_hides_the_api_key(config_file: Path) -> None:
-    write(config_file, f'[jellyfin]\nurl = "http://x"\napi_key = "{SECRET}"\n')
+    write_file(config_file, f'[jellyfin]\nurl = "http://x"\napi_key = "{SECRET}"\n')
 
     loaded = load(config_file)
 
@@ -737,7 +732,7 @@ def assert_one_error_line(err: str) -> str:
 def test_main_config_error_is_one_line_and_exit_2(
     config_file: Path, capsys: pytest.CaptureFixture[str], command: str, text: str, detail: str
 ) -> None:
-    write(config_file, text)
+    write_file(config_file, text)
 
     code, out, err = run_main([command, "--config", str(config_file)], {}, capsys)
 
@@ -769,7 +764,7 @@ def test_main_flag_and_environment_errors(
     environ: dict[str, str],
     detail: str,
 ) -> None:
-    write(config_file, "")
+    write_file(config_file, "")
 
     code, out, err = run_main(["check", "--config", str(config_file), *arguments], environ, capsys)
 
@@ -781,7 +776,7 @@ def test_main_flag_and_environment_errors(
 def test_main_reads_the_config_file_named_by_the_environment(
     tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write(config_file, "[watch]\nquiet_period = 'abc'\n")
+    write_file(config_file, "[watch]\nquiet_period = 'abc'\n")
 
     code, _, err = run_main(["check"], {"JELLYFIN_WATCHER_CONFIG": str(config_file)}, capsys)
 
@@ -813,7 +808,7 @@ def test_main_without_a_command(capsys: pytest.CaptureFixture[str], argv: list[s
 def test_main_refuses_an_api_key_on_the_command_line(
     config_file: Path, capsys: pytest.CaptureFixture[str], command: str, form: list[str]
 ) -> None:
-    write(config_file, "")
+    write_file(config_file, "")
 
     code, out, err = run_main([command, "--config", str(config_file), *form], {}, capsys)
 
@@ -828,7 +823,7 @@ def test_main_refuses_an_api_key_on_the_command_line(
 def test_main_refuses_an_api_key_before_the_command(
     config_file: Path, capsys: pytest.CaptureFixture[str], form: list[str]
 ) -> None:
-    write(config_file, "")
+    write_file(config_file, "")
 
     code, out, err = run_main([*form, "check", "--config", str(config_file)], {}, capsys)
 
@@ -841,7 +836,7 @@ def test_main_refuses_an_api_key_even_when_the_config_is_fine(
     tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The refusal comes before anything else runs: no probe, no request, no state written.
-    write(config_file, f"state_dir = '{tmp_path / 'state'}'\n[[roots]]\npath = '{tmp_path}'\n")
+    write_file(config_file, f"state_dir = '{tmp_path / 'state'}'\n[[roots]]\npath = '{tmp_path}'\n")
 
     code, out, err = run_main(["check", "--config", str(config_file), "--api-key", SECRET], {}, capsys)
 
@@ -855,8 +850,8 @@ def test_main_refuses_an_api_key_even_when_the_config_is_fine(
 def test_main_does_not_accept_abbreviations_of_api_key_file(
     tmp_path: Path, config_file: Path, capsys: pytest.CaptureFixture[str], abbreviation: str
 ) -> None:
-    write(config_file, "")
-    key_file = write(tmp_path / "key", SECRET)
+    write_file(config_file, "")
+    key_file = write_file(tmp_path / "key", SECRET)
 
     code, out, err = run_main(["check", "--config", str(config_file), abbreviation, str(key_file)], {}, capsys)
 
@@ -869,7 +864,7 @@ def test_main_does_not_accept_abbreviations_of_api_key_file(
 def test_main_error_stays_one_line_for_a_key_with_a_newline(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write(config_file, '"quiet\\nperiod" = 5\n')
+    write_file(config_file, '"quiet\\nperiod" = 5\n')
 
     code, _, err = run_main(["check", "--config", str(config_file)], {}, capsys)
 

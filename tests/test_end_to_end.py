@@ -22,15 +22,22 @@ from pathlib import Path
 
 import pytest
 from support import (
+    MKV,
     BindFS,
     LoopDisk,
     TmpfsMount,
     WatcherProcess,
+    assert_no_secret,
+    assert_nothing_lost,
     children_of,
     closed_port,
     cmdlines,
+    movie,
     run_cli,
+    stop_with_nothing_pending,
+    toml_string,
     wait_until,
+    write_config,
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
@@ -62,17 +69,7 @@ def run_args(jellyfin: JellyfinEmulator, state_dir: Path, *roots: Path) -> list[
 def settle_config(tmp_path: Path, seconds: float = QUIET_PERIOD) -> list[str]:
     """``--config`` of a file setting ``watch.settle``: how long a root that came back must
     stay healthy before it is watched again (there is no flag for it)."""
-    path = tmp_path / "settle.toml"
-    path.write_text(f"[watch]\nsettle = {seconds:g}\n", encoding="utf-8")
-    return ["--config", str(path)]
-
-
-def movie(folder: Path, title: str) -> Path:
-    """``folder/title/title.mkv``, as a media manager would lay it out."""
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x1a\x45\xdf\xa3")
-    return path
+    return ["--config", str(write_config(tmp_path / "settle.toml", {"watch": {"settle": seconds}}))]
 
 
 def create_files(folder: Path, count: int, seconds: float, prefix: str = "New") -> float:
@@ -86,26 +83,8 @@ def create_files(folder: Path, count: int, seconds: float, prefix: str = "New") 
             time.sleep(delay)  # pacing the storm, not waiting for a result
         subfolder = folder / f"{prefix} {index // 5:03d}"
         subfolder.mkdir(parents=True, exist_ok=True)
-        (subfolder / f"{prefix} {index:04d}.mkv").write_bytes(b"\x1a\x45\xdf\xa3")
+        (subfolder / f"{prefix} {index:04d}.mkv").write_bytes(MKV)
     return time.monotonic()
-
-
-def stop_and_expect_nothing_pending(watcher: WatcherProcess) -> None:
-    """SIGTERM; the watcher exits 0 and its last line says no change is pending: proof that
-    no second refresh was owed."""
-    assert watcher.terminate(WAIT) == 0
-    assert re.search(r"stopped; no changes pending$", watcher.lines[-1]), watcher.output
-    assert "Traceback" not in watcher.output
-
-
-def assert_nothing_lost(jellyfin: JellyfinEmulator) -> None:
-    assert jellyfin.wait_for_scans_idle(WAIT), "Jellyfin's scans did not finish"
-    assert jellyfin.removed == [], "a scan deleted items whose files were only unreachable"
-    assert jellyfin.violations == []
-
-
-def assert_no_key_in(text: str, key: str) -> None:
-    assert key not in text, "the API key appears in the output"
 
 
 def argv_of_watcher_and_children(watcher: WatcherProcess) -> dict[int, str]:
@@ -125,15 +104,6 @@ def scan_now(jellyfin: JellyfinEmulator) -> None:
     )
     with urllib.request.urlopen(request, timeout=WAIT) as response:
         assert response.status == 204
-
-
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def toml_string(value: object) -> str:
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --- a. a storm of new files ------------------------------------------------------------------
@@ -161,7 +131,7 @@ def test_storm_of_500_files_on_a_mount_is_one_refresh(tmp_path: Path, jellyfin: 
             assert 0 < delay <= QUIET_PERIOD + 1.0, f"refresh {delay:.3f} s after the last change"
             watcher.wait_for_line(r"refresh sent: POST /Library/Refresh for \d+ changes under " + re.escape(str(root)),
                                   WAIT)
-            stop_and_expect_nothing_pending(watcher)
+            stop_with_nothing_pending(watcher)
         assert len(jellyfin.refreshes) == 1
         assert_nothing_lost(jellyfin)
         assert len(jellyfin.items) == 501
@@ -201,7 +171,7 @@ def test_unmounted_disk_holds_the_refresh_until_it_is_back(tmp_path: Path, jelly
             sent = watcher.wait_for_line(r"refresh sent: ", WAIT, start=mark)
             assert sent.endswith(f"changes under {a}, {b}"), sent  # the kept batch, with what A missed
             assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-            stop_and_expect_nothing_pending(watcher)
+            stop_with_nothing_pending(watcher)
         assert len(jellyfin.refreshes) == 1
         assert_nothing_lost(jellyfin)
         assert len(jellyfin.items) == 103
@@ -245,7 +215,7 @@ def test_restart_while_a_disk_is_away_keeps_the_batch_and_the_mount_point(
             disk_a.mount()  # over the stray file, which it hides
             watcher.wait_for_line(r"refresh sent: ", WAIT, start=mark)
             assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-            stop_and_expect_nothing_pending(watcher)
+            stop_with_nothing_pending(watcher)
         assert len(jellyfin.refreshes) == 1
         assert_nothing_lost(jellyfin)
         assert len(jellyfin.items) == 3
@@ -325,7 +295,7 @@ def test_hung_fuse_mount_is_unresponsive_and_the_watcher_still_stops(tmp_path: P
         with WatcherProcess(run_args(jellyfin, tmp_path / "state", root), env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
 
-            (root / "New (2024).mkv").write_bytes(b"\x1a\x45\xdf\xa3")  # the change, made before the hang
+            (root / "New (2024).mkv").write_bytes(MKV)  # the change, made before the hang
             due = time.monotonic() + QUIET_PERIOD
             fuse.stop()
 
@@ -386,7 +356,7 @@ def test_server_down_keeps_the_batch_and_retries(tmp_path: Path, jellyfin: Jelly
         jellyfin.set_down(False)
         watcher.wait_for_line(r"refresh sent: ", WAIT)
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-        stop_and_expect_nothing_pending(watcher)
+        stop_with_nothing_pending(watcher)
     assert len(jellyfin.refreshes) == 1
     assert_nothing_lost(jellyfin)
     assert len(jellyfin.items) == 2
@@ -409,7 +379,7 @@ def test_running_library_scan_is_not_interrupted(tmp_path: Path, jellyfin: Jelly
         jellyfin.set_scan_running(False)
         watcher.wait_for_line(r"refresh sent: ", WAIT)
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-        stop_and_expect_nothing_pending(watcher)
+        stop_with_nothing_pending(watcher)
     assert jellyfin.cancelled_scans == 0
     assert len(jellyfin.refreshes) == 1
     assert_nothing_lost(jellyfin)
@@ -441,7 +411,7 @@ def test_wrong_key_is_reported_and_the_batch_kept_across_a_restart(tmp_path: Pat
         assert watcher.terminate(WAIT) == 0
         assert re.search(rf"stopped; {changes} changes pending under {re.escape(str(root))}, saved in ",
                          watcher.lines[-1]), watcher.output
-        assert_no_key_in(watcher.output, jellyfin.api_key)
+        assert_no_secret(jellyfin.api_key, watcher.output)
     assert jellyfin.refreshes == []
 
     # Restarted with the right key, the watcher refreshes the saved batch once.
@@ -450,7 +420,7 @@ def test_wrong_key_is_reported_and_the_batch_kept_across_a_restart(tmp_path: Pat
                               r"last stopped", WAIT)
         watcher.wait_for_line(r"refresh sent: ", WAIT)
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-        stop_and_expect_nothing_pending(watcher)
+        stop_with_nothing_pending(watcher)
     assert len(jellyfin.refreshes) == 1
     assert_nothing_lost(jellyfin)
 
@@ -471,7 +441,7 @@ def test_fixed_key_delivers_the_kept_batch(tmp_path: Path, jellyfin: JellyfinEmu
         jellyfin.api_key = env["JELLYFIN_API_KEY"]  # the user fixes the key in Jellyfin
         watcher.wait_for_line(r"refresh sent: POST /Library/Refresh for \d+ changes", WAIT)
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-        stop_and_expect_nothing_pending(watcher)
+        stop_with_nothing_pending(watcher)
     assert len(jellyfin.refreshes) == 1
     assert_nothing_lost(jellyfin)
 
@@ -612,7 +582,7 @@ def test_refresh_and_check_with_a_wrong_key_exit_3(tmp_path: Path, jellyfin: Jel
         lines = completed.stderr.splitlines()
         assert len(lines) == 1 and "Traceback" not in completed.stderr, completed.stderr
         assert f"Jellyfin at {jellyfin.url} rejected the API key (HTTP 401)" in lines[0]
-        assert_no_key_in(completed.stdout + completed.stderr, jellyfin.api_key)
+        assert_no_secret(jellyfin.api_key, completed.stdout + completed.stderr)
     assert jellyfin.refreshes == []
 
 
@@ -631,8 +601,8 @@ def test_api_key_in_no_argv_and_no_log_line(tmp_path: Path, jellyfin: JellyfinEm
         argv = argv_of_watcher_and_children(watcher)
         assert str(root) in argv[watcher.pid]
         assert [text for text in argv.values() if jellyfin.api_key in text] == []
-        stop_and_expect_nothing_pending(watcher)  # also checks the key is not in any line
-    assert_no_key_in(watcher.output, jellyfin.api_key)
+        stop_with_nothing_pending(watcher)  # also checks the key is not in any line
+    assert_no_secret(jellyfin.api_key, watcher.output)
 
     # A key from a key file: not in the output of check and refresh either.
     key_file = tmp_path / "api-key"
@@ -678,7 +648,7 @@ def test_events_lost_in_a_queue_overflow_count_as_a_change(tmp_path: Path, jelly
         try:
             for index in range(files):
                 (partial / f"chunk{index:05d}.part").write_bytes(b"")
-            (root / "Finished (2024).mkv").write_bytes(b"\x1a\x45\xdf\xa3")
+            (root / "Finished (2024).mkv").write_bytes(MKV)
         finally:
             watcher.send_signal(signal.SIGCONT)
         if log_level == "info":
@@ -721,7 +691,7 @@ def test_without_roots_the_libraries_locations_are_watched(tmp_path: Path, jelly
         watcher.wait_for_line(r"refresh sent: POST /Library/Refresh for \d+ changes under " + re.escape(str(more_shows)),
                               WAIT)
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
-        stop_and_expect_nothing_pending(watcher)
+        stop_with_nothing_pending(watcher)
     assert len(jellyfin.refreshes) == 1
     assert_nothing_lost(jellyfin)
     assert len(jellyfin.items) == 4

@@ -45,7 +45,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from support import BindFS, LoopDisk, TmpfsMount, WatcherProcess, closed_port, is_mounted, unmount, wait_until
+from support import (
+    MKV,
+    STOP_WITHIN,
+    BindFS,
+    LoopDisk,
+    TmpfsMount,
+    WatcherProcess,
+    closed_port,
+    finish,
+    is_mounted,
+    movie,
+    read_status_file,
+    stop,
+    unmount,
+    wait_until,
+    write_config,
+)
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher.verify import watched_inodes
@@ -60,45 +76,26 @@ PROBE_TIMEOUT = 1.0
 """``watch.probe_timeout``, seconds."""
 POLL_INTERVAL = 1.0
 """``watch.poll_interval``, seconds: a root inotify cannot fully watch is polled instead."""
-STOP_WITHIN = 2.0
-"""Seconds the watcher may take to exit on SIGTERM (README: "stops within 2 seconds")."""
 WAIT = 10.0
 """Deadline, seconds, for what is not itself a timing assertion (a loaded 2-core machine)."""
-MKV = b"\x1a\x45\xdf\xa3"
-"""The first bytes of a Matroska file."""
 
 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml_string(value: object) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(path: Path, url: str, roots: Sequence[Path | tuple[Path, Path]], state_dir: Path, *,
+def fault_config(path: Path, url: str, roots: Sequence[Path | tuple[Path, Path]], state_dir: Path, *,
                  timeout: float | None = None, quiet: float = QUIET) -> Path:
     """A TOML configuration for ``run``; a root given as ``(path, mount)`` has its mount set."""
-    lines = [f"state_dir = {toml_string(state_dir)}", "", "[jellyfin]", f"url = {toml_string(url)}"]
+    jellyfin: dict[str, Any] = {"url": url}
     if timeout is not None:
-        lines.append(f"timeout = {timeout:g}")
-    lines += ["", "[watch]", f"quiet_period = {quiet:g}", "max_wait = 30", f"settle = {SETTLE:g}",
-              f"health_interval = {HEALTH_INTERVAL:g}", f"probe_timeout = {PROBE_TIMEOUT:g}", "backoff_max = 4",
-              f"poll_interval = {POLL_INTERVAL:g}"]
-    for root in roots:
-        root_path, mount = root if isinstance(root, tuple) else (root, None)
-        lines += ["", "[[roots]]", f"path = {toml_string(root_path)}"]
-        if mount is not None:
-            lines.append(f"mount = {toml_string(mount)}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def movie(folder: Path, title: str) -> Path:
-    """``folder/title/title.mkv``, as a media manager lays it out."""
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(MKV)
-    return path
+        jellyfin["timeout"] = timeout
+    return write_config(path, {
+        "state_dir": state_dir,
+        "jellyfin": jellyfin,
+        "watch": {"quiet_period": quiet, "max_wait": 30, "settle": SETTLE, "health_interval": HEALTH_INTERVAL,
+                  "probe_timeout": PROBE_TIMEOUT, "backoff_max": 4, "poll_interval": POLL_INTERVAL},
+        "roots": [{"path": root[0], "mount": root[1]} if isinstance(root, tuple) else {"path": root} for root in roots],
+    })
 
 
 def logged_at(line: str) -> float:
@@ -106,29 +103,9 @@ def logged_at(line: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def finish(watcher: WatcherProcess, jellyfin: JellyfinEmulator, refreshes: int) -> None:
-    """SIGTERM: the watcher exits 0 within 2 s, its last line says nothing is pending (so no
-    further refresh was owed), Jellyfin got exactly ``refreshes`` refreshes, and its scans
-    deleted nothing."""
-    started = time.monotonic()
-    code = watcher.terminate(WAIT)
-    took = time.monotonic() - started
-    assert code == 0, watcher.output
-    assert took <= STOP_WITHIN, f"the watcher took {took:.2f} s to exit on SIGTERM"
-    assert watcher.lines[-1].endswith("stopped; no changes pending"), watcher.output
-    assert "Traceback" not in watcher.output, watcher.output
-    assert jellyfin.wait_for_scans_idle(WAIT), "Jellyfin's scans did not finish"
-    assert len(jellyfin.refreshes) == refreshes, f"{len(jellyfin.refreshes)} refreshes:\n{watcher.output}"
-    assert jellyfin.removed == [], "a scan deleted items whose files were only unreachable"
-
-
 def stop_hung(watcher: WatcherProcess) -> str:
     """SIGTERM while a root is hung or away: exits 0 within 2 s, the batch saved; the last line."""
-    started = time.monotonic()
-    code = watcher.terminate(WAIT)
-    took = time.monotonic() - started
-    assert code == 0, watcher.output
-    assert took <= STOP_WITHIN, f"the watcher took {took:.2f} s to exit on SIGTERM"
+    took = stop(watcher, STOP_WITHIN, WAIT)
     assert re.search(r"stopped; \d+ changes pending under .*, saved in ", watcher.lines[-1]), watcher.output
     print(f"[faults]   exit on SIGTERM: {took * 1000:.0f} ms")
     return watcher.lines[-1]
@@ -333,7 +310,7 @@ def test_disk_unmounted_during_the_quiet_period(tmp_path: Path, jellyfin: Jellyf
         movie(usb, "On The Disk (2001)")
         jellyfin.libraries = [Library("Movies", [str(media)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [usb], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [usb], tmp_path / "state")
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
 
@@ -367,7 +344,7 @@ def test_disk_unmounted_between_the_health_check_and_the_request(tmp_path: Path,
         movie(usb, "On The Disk (2001)")
         jellyfin.libraries = [Library("Movies", [str(media)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", gate.url, [usb], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", gate.url, [usb], tmp_path / "state")
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             gate.hold = lambda method, path: method == "GET" and path.startswith("/ScheduledTasks")
@@ -407,7 +384,7 @@ def test_lazy_umount_with_a_file_still_open(tmp_path: Path, jellyfin: JellyfinEm
         playing = movie(usb, "Playing (2001)")
         jellyfin.libraries = [Library("Movies", [str(media)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [usb], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [usb], tmp_path / "state")
         with watcher_for(config, env) as watcher, open(playing, "rb") as still_open:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             movie(usb, "New (2024)")
@@ -440,7 +417,7 @@ def test_failed_mount(tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str,
         movie(usb, "On The Disk (2001)")
         jellyfin.libraries = [Library("Movies", [str(usb), str(other)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [usb, other], state_dir)
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [usb, other], state_dir)
         if leftover == "stray file":
             with watcher_for(config, env) as watcher:  # learns where the disk lives
                 watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
@@ -478,7 +455,7 @@ def test_mount_stacked_over_the_root(tmp_path: Path, jellyfin: JellyfinEmulator,
         movie(media, "Seed (2000)")
         jellyfin.libraries = [Library("Movies", [str(media)])]
         assert jellyfin.index() == 1
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [media], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [media], tmp_path / "state")
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             mark = watcher.mark()
@@ -507,7 +484,7 @@ def test_disk_mounted_below_the_root_goes_away(tmp_path: Path, jellyfin: Jellyfi
         movie(disk.mount_point, "On The Disk (2001)")
         jellyfin.libraries = [Library("Movies", [str(media)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [media], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [media], tmp_path / "state")
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             movie(media / "local", "New Local (2024)")  # made while everything is there
@@ -537,7 +514,7 @@ def test_root_goes_missing_and_comes_back(tmp_path: Path, jellyfin: JellyfinEmul
     aside = tmp_path / "aside"
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 1
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
     with watcher_for(config, env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         movie(root, "New (2024)")  # made while the root is there
@@ -596,7 +573,7 @@ def test_permission_denied_on_the_root(tmp_path: Path, jellyfin: JellyfinEmulato
     private_to_nobody(root)
     jellyfin.libraries = [Library("Movies", [str(root), str(other)])]
     assert jellyfin.index() == 2
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root, other], tmp_path / "state")
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root, other], tmp_path / "state")
     with without_permission_bypass(watcher_for(config, env)) as watcher:
         line = watcher.wait_for_line(re.escape(f"{root} is unreadable ("), WAIT)
         assert "permission denied" in line
@@ -621,7 +598,7 @@ def test_permission_denied_on_a_subfolder(tmp_path: Path, jellyfin: JellyfinEmul
     private_to_nobody(private)
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 2
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
     with without_permission_bypass(watcher_for(config, env)) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         error = watcher.wait_for_line(r" ERROR .*not watched", WAIT)
@@ -658,7 +635,7 @@ def test_inotify_watch_limit_too_low_for_the_tree(tmp_path: Path, jellyfin: Jell
         movie(root, f"Film {index:03d}")
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 600
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
     old = MAX_USER_WATCHES.read_text().strip()
     # Room for 200 more watches of root's processes than they hold now: the watcher's 601 do
     # not fit. Other processes of root (other tests?) could not add many more watches either:
@@ -695,7 +672,7 @@ def test_fuse_mount_hung_at_start_up(tmp_path: Path, jellyfin: JellyfinEmulator,
     assert jellyfin.index() == 2
     state_dir = tmp_path / "state"
     with BindFS(source, tmp_path / "fuse") as fuse:
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [fuse.mount_point, other], state_dir)
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [fuse.mount_point, other], state_dir)
         fuse.stop()
         started = time.monotonic()
         with watcher_for(config, env) as watcher:
@@ -725,7 +702,7 @@ def test_fuse_mount_hangs_while_running(tmp_path: Path, jellyfin: JellyfinEmulat
     assert jellyfin.index() == 1
     with BindFS(source, tmp_path / "fuse") as fuse:
         root = fuse.mount_point
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             # A new file, made through the mount while it answers. (A new folder is another
@@ -764,7 +741,7 @@ def test_fuse_mount_hangs_while_watchdog_walks_a_new_folder(tmp_path: Path, jell
     state_dir = tmp_path / "state"
     with BindFS(source, tmp_path / "fuse") as fuse:
         root = fuse.mount_point
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [root], state_dir)
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], state_dir)
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             # A big folder made behind the mount's back (no events), then moved in through it.
@@ -824,7 +801,7 @@ def test_server_fault_while_a_batch_is_due(tmp_path: Path, jellyfin: JellyfinEmu
         else:
             gate = stack.enter_context(Gate(jellyfin.url))
             url = gate.url
-        config = write_config(tmp_path / "config.toml", url, [root], tmp_path / "state", timeout=1)
+        config = fault_config(tmp_path / "config.toml", url, [root], tmp_path / "state", timeout=1)
         watcher = stack.enter_context(watcher_for(config, env))
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         if fault == "503":
@@ -863,7 +840,7 @@ def test_sigkill_with_a_batch_pending_then_restart(tmp_path: Path, jellyfin: Jel
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 1
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root], state_dir, quiet=5)
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], state_dir, quiet=5)
     with watcher_for(config, env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         movie(root, "New (2024)")
@@ -894,7 +871,7 @@ def test_usb_flap_gives_one_refresh_after_it_settles(tmp_path: Path, jellyfin: J
         movie(usb, "On The Disk (2001)")
         jellyfin.libraries = [Library("Movies", [str(media)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [usb], tmp_path / "state")
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [usb], tmp_path / "state")
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             movie(usb, "New (2024)")  # just before the connector starts to wobble
@@ -974,7 +951,7 @@ def test_odd_names_deep_trees_and_symlink_loops(tmp_path: Path, jellyfin: Jellyf
     broot = odd_tree(root)
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 3
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
     with watcher_for(config, env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         for name in ODD_NAMES:  # each a separate create and close-write event
@@ -1000,7 +977,7 @@ def test_odd_names_on_a_polled_root_with_paths_beyond_path_max(tmp_path: Path, j
     make_path(broot, [b"x" * 40] * 110)  # 110 levels of 41 bytes: paths beyond PATH_MAX (4096)
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 3
-    config = write_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
+    config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], tmp_path / "state")
     with watcher_for(config, env) as watcher:
         error = watcher.wait_for_line(r" ERROR .*not watched", WAIT)
         print(f"[faults] paths beyond PATH_MAX: {error.split(' ERROR ', 1)[1][:120]}…{error[-190:]}")
@@ -1061,7 +1038,7 @@ def test_soak_mount_flaps_and_file_events(tmp_path: Path, jellyfin: JellyfinEmul
         jellyfin.libraries = [Library("Movies", [str(tmp_path / "media")])]
         assert jellyfin.index() == 2
         state_dir = tmp_path / "state"
-        config = write_config(tmp_path / "config.toml", jellyfin.url, [flapping, busy], state_dir)
+        config = fault_config(tmp_path / "config.toml", jellyfin.url, [flapping, busy], state_dir)
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
             source, target = os.fsencode(disk), os.fsencode(flapping)
@@ -1103,9 +1080,8 @@ def test_soak_mount_flaps_and_file_events(tmp_path: Path, jellyfin: JellyfinEmul
 
             def idle() -> bool:
                 """Every root watched and healthy, nothing pending, the refresh scanned."""
-                try:
-                    status = json.loads((state_dir / "status.json").read_text())
-                except (OSError, ValueError):
+                status = read_status_file(state_dir)
+                if status is None:
                     return False
                 return (status["pending"] is None and all(root["watched"] and root["state"] == "healthy"
                                                           for root in status["roots"])

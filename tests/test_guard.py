@@ -15,7 +15,6 @@ library is measured by ``tests/benchmarks/guard_cost.py`` (not part of the defau
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BindFS, TmpfsMount, WatcherProcess, children_of, cmdlines, run_cli, wait_until
+from support import (
+    BindFS,
+    TmpfsMount,
+    WatcherProcess,
+    hung_child,
+    movie,
+    refresh_requests,
+    run_cli,
+    wait_until,
+    write_config,
+)
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher import guard, service
@@ -47,36 +56,23 @@ PROBE_TIMEOUT = 1.0
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml_string(value: object) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(tmp_path: Path, jellyfin: JellyfinEmulator, roots: list[tuple[Path, bool]],
+def guard_config(tmp_path: Path, jellyfin: JellyfinEmulator, roots: list[tuple[Path, bool]],
                  quiet_period: float = QUIET_PERIOD, guard_timeout: float = 60.0) -> Path:
     """``tmp_path/config.toml`` for the daemon and the one-shot commands: the emulator's URL,
     a state directory of its own, short timings, and ``roots`` as ``(path, health_gate)``."""
-    lines = [f"state_dir = {toml_string(tmp_path / 'state')}", "",
-             "[jellyfin]", f"url = {toml_string(jellyfin.url)}", "",
-             "[watch]", f"quiet_period = {quiet_period:g}", "max_wait = 90", f"probe_timeout = {PROBE_TIMEOUT:g}",
-             "settle = 0.5", "health_interval = 0.5", "", "[guard]", f"timeout = {guard_timeout:g}"]
-    for path, health_gate in roots:
-        lines += ["", "[[roots]]", f"path = {toml_string(path)}"]
-        if not health_gate:
-            lines.append("health_gate = false")
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
+    return write_config(tmp_path / "config.toml", {
+        "state_dir": tmp_path / "state",
+        "jellyfin": {"url": jellyfin.url},
+        "watch": {"quiet_period": quiet_period, "max_wait": 90, "probe_timeout": PROBE_TIMEOUT, "settle": 0.5,
+                  "health_interval": 0.5},
+        "guard": {"timeout": guard_timeout},
+        "roots": [{"path": path} if health_gate else {"path": path, "health_gate": False} for path, health_gate in roots],
+    })
 
 
 def media_files(folder: Path, count: int, start: int = 0) -> list[Path]:
     """``count`` movies ``folder/Movie NNN/Movie NNN.mkv``, as a media manager lays them out."""
-    paths = []
-    for number in range(start, start + count):
-        path = folder / f"Movie {number:03d}" / f"Movie {number:03d}.mkv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\x1a\x45\xdf\xa3")
-        paths.append(path)
-    return paths
+    return [movie(folder, f"Movie {number:03d}") for number in range(start, start + count)]
 
 
 def delete(paths: list[Path]) -> None:
@@ -88,11 +84,6 @@ def delete(paths: list[Path]) -> None:
 def items_requests(jellyfin: JellyfinEmulator) -> list[dict[str, list[str]]]:
     """The query of every ``GET /Items`` the emulator answered (the guard's paging)."""
     return [request.query for request in jellyfin.requests if request.method == "GET" and request.path == "/Items"]
-
-
-def refresh_requests(jellyfin: JellyfinEmulator) -> list[str]:
-    return [f"{request.method} {request.path}" for request in jellyfin.requests
-            if request.method == "POST" and re.search(r"/Refresh$|/Media/Updated$", request.path)]
 
 
 @contextlib.contextmanager
@@ -141,7 +132,7 @@ def test_mass_deletion_is_refused_and_held(tmp_path: Path, library: Path, jellyf
     files = media_files(library, 100)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 100
-    config = write_config(tmp_path, jellyfin, [(library, True)])
+    config = guard_config(tmp_path, jellyfin, [(library, True)])
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         with frozen(watcher):
@@ -176,7 +167,7 @@ def test_small_deletion_is_refreshed(tmp_path: Path, jellyfin: JellyfinEmulator,
     files = media_files(library, 100)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 100
-    config = write_config(tmp_path, jellyfin, [(library, True)])
+    config = guard_config(tmp_path, jellyfin, [(library, True)])
     with WatcherProcess(["--config", config, "--log-level", "debug"], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         with frozen(watcher):
@@ -215,7 +206,7 @@ def test_unmount_below_a_root_without_health_gate_is_refused(tmp_path: Path, jel
         on_disk = media_files(disk_point, 95, start=5)
         jellyfin.libraries = [Library("Movies", [str(movies)]), Library("Shows", [str(shows)], collection_type="tvshows")]
         assert jellyfin.index() == 103
-        config = write_config(tmp_path, jellyfin, [(movies, False), (shows, True)])
+        config = guard_config(tmp_path, jellyfin, [(movies, False), (shows, True)])
         with WatcherProcess(["--config", config], env) as watcher:
             watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
             disk.unmount()
@@ -242,7 +233,7 @@ def test_allow_removals_lets_a_confirmed_cleanup_through_once(tmp_path: Path, je
     files = media_files(library, 100)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 100
-    config = write_config(tmp_path, jellyfin, [(library, True)])
+    config = guard_config(tmp_path, jellyfin, [(library, True)])
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         with frozen(watcher):
@@ -335,20 +326,6 @@ def test_existence_check_on_a_hung_mount_is_unresponsive(tmp_path: Path, jellyfi
     assert jellyfin.removed == []
 
 
-def hung_existence_check(pid: int) -> int | None:
-    """The pid of the daemon's existence-check child if it waits on a FUSE request."""
-    for child in children_of(pid):
-        if '"missing"' not in cmdlines([child]).get(child, ""):
-            continue
-        try:
-            with open(f"/proc/{child}/wchan", encoding="ascii") as file:
-                if "request_wait_answer" in file.read():
-                    return child
-        except OSError:
-            continue
-    return None
-
-
 @pytest.mark.root_only("bindfs", "fusermount")
 def test_daemon_stops_while_the_prediction_hangs(tmp_path: Path, jellyfin: JellyfinEmulator,
                                                   env: dict[str, str]) -> None:
@@ -363,7 +340,7 @@ def test_daemon_stops_while_the_prediction_hangs(tmp_path: Path, jellyfin: Jelly
         files = sorted(mount_point.glob("*/*.mkv"))
         jellyfin.libraries = [Library("Movies", [str(mount_point)])]
         assert jellyfin.index() == 100
-        config = write_config(tmp_path, jellyfin, [(mount_point, False)], quiet_period=2.0)
+        config = guard_config(tmp_path, jellyfin, [(mount_point, False)], quiet_period=2.0)
         with WatcherProcess(["--config", config], env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             delete(files[:60])
@@ -371,7 +348,7 @@ def test_daemon_stops_while_the_prediction_hangs(tmp_path: Path, jellyfin: Jelly
             mount.stop()
             watcher.wait_for_line(re.escape(f"{mount_point} is unresponsive"), WAIT)
             wait_until(lambda: items_requests(jellyfin), WAIT, message="the guard never asked for the items")
-            wait_until(lambda: hung_existence_check(watcher.pid), WAIT,
+            wait_until(lambda: hung_child(watcher.pid, '"missing"'), WAIT,
                        message="the guard's existence check did not hang on the stopped mount")
             assert watcher.alive() and watcher.count(r"refresh refused") == 0
             stopped = time.monotonic()
@@ -394,7 +371,7 @@ def test_daemon_refuses_when_the_prediction_is_unresponsive(tmp_path: Path, jell
         files = sorted(mount_point.glob("*/*.mkv"))
         jellyfin.libraries = [Library("Movies", [str(mount_point)])]
         assert jellyfin.index() == 100
-        config = write_config(tmp_path, jellyfin, [(mount_point, False)], quiet_period=2.0, guard_timeout=GUARD_TIMEOUT)
+        config = guard_config(tmp_path, jellyfin, [(mount_point, False)], quiet_period=2.0, guard_timeout=GUARD_TIMEOUT)
         with WatcherProcess(["--config", config], env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             delete(files[:60])
@@ -469,7 +446,7 @@ def test_check_predict_prints_each_library_and_the_verdict(tmp_path: Path, jelly
     show_files = media_files(shows, 10, start=100)
     jellyfin.libraries = [Library("Movies", [str(movies)]), Library("Shows", [str(shows)], collection_type="tvshows")]
     assert jellyfin.index() == 110
-    config = write_config(tmp_path, jellyfin, [(movies, True), (shows, True)])
+    config = guard_config(tmp_path, jellyfin, [(movies, True), (shows, True)])
 
     clean = run_cli("check", "--predict", "--config", config, env=env)
     assert clean.returncode == 0, clean
@@ -504,7 +481,7 @@ def test_additions_only_skip_the_prediction(tmp_path: Path, jellyfin: JellyfinEm
     files = media_files(library, 10)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 10
-    config = write_config(tmp_path, jellyfin, [(library, True)])
+    config = guard_config(tmp_path, jellyfin, [(library, True)])
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         with frozen(watcher):

@@ -23,7 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TmpfsMount, WatcherProcess, child_env, closed_port, run_cli, wait_until
+from support import (
+    MKV,
+    TmpfsMount,
+    WatcherProcess,
+    assert_nothing_lost,
+    child_env,
+    closed_port,
+    movie,
+    read_status_file,
+    refresh_requests,
+    run_cli,
+    stop_with_nothing_pending,
+    wait_until,
+    write_config,
+)
 
 from tests.jellyfin.emulator import (
     DEFAULT_SCAN_INTERVAL_TICKS,
@@ -47,35 +61,21 @@ the test puts its files back, so the periodic check has to notice it is healthy 
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml_string(value: object) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(path: Path, *, url: str | None, state_dir: Path, jellyfin: dict[str, Any] | None = None,
-                 refresh: dict[str, str] | None = None, path_map: dict[str, str] | None = None,
-                 quiet_period: float = QUIET_PERIOD) -> Path:
+def daemon_config(path: Path, *, url: str | None, state_dir: Path, jellyfin: dict[str, Any] | None = None,
+                  refresh: dict[str, str] | None = None, path_map: dict[str, str] | None = None,
+                  quiet_period: float = QUIET_PERIOD) -> Path:
     """A configuration file for the daemon under test. ``path_map``: Jellyfin's path → local."""
-    lines = [f"state_dir = {toml_string(state_dir)}", "", "[jellyfin]"]
-    if url is not None:
-        lines.append(f"url = {toml_string(url)}")
-    for key, value in (jellyfin or {}).items():
-        lines.append(f"{key} = {value if isinstance(value, (int, float)) else toml_string(value)}")
-    lines += ["", "[watch]", f"quiet_period = {quiet_period:g}", "max_wait = 90", "probe_timeout = 2",
-              f"settle = {SETTLE:g}", f"health_interval = {HEALTH_INTERVAL:g}"]
+    document: dict[str, Any] = {
+        "state_dir": state_dir,
+        "jellyfin": {**({} if url is None else {"url": url}), **(jellyfin or {})},
+        "watch": {"quiet_period": quiet_period, "max_wait": 90, "probe_timeout": 2, "settle": SETTLE,
+                  "health_interval": HEALTH_INTERVAL},
+    }
     if refresh:
-        lines += ["", "[refresh]", *(f"{key} = {toml_string(value)}" for key, value in refresh.items())]
-    for jellyfin_path, local in (path_map or {}).items():
-        lines += ["", "[[path_map]]", f"jellyfin = {toml_string(jellyfin_path)}", f"local = {toml_string(local)}"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def media_file(folder: Path, title: str) -> Path:
-    """``folder/title/title.mkv``, as a media manager lays a movie out."""
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x1a\x45\xdf\xa3")
-    return path
+        document["refresh"] = refresh
+    if path_map:
+        document["path_map"] = [{"jellyfin": jellyfin_path, "local": local} for jellyfin_path, local in path_map.items()]
+    return write_config(path, document)
 
 
 def api(jellyfin: JellyfinEmulator, path: str) -> Any:
@@ -88,27 +88,8 @@ def api(jellyfin: JellyfinEmulator, path: str) -> Any:
         return json.load(response)
 
 
-def refresh_requests(jellyfin: JellyfinEmulator) -> list[str]:
-    """``METHOD path`` of every refresh request the emulator answered."""
-    return [f"{request.method} {request.path}" for request in jellyfin.requests
-            if request.method == "POST" and re.search(r"/Refresh$|/Media/Updated$", request.path)]
-
-
 def under(path: str, folder: Path) -> bool:
     return path == str(folder) or path.startswith(f"{folder}/")
-
-
-def stop_with_nothing_pending(watcher: WatcherProcess) -> None:
-    """SIGTERM; exit 0 and the last line says nothing is pending: no further refresh was owed."""
-    assert watcher.terminate(WAIT) == 0
-    assert re.search(r"stopped; no changes pending$", watcher.lines[-1]), watcher.output
-    assert "Traceback" not in watcher.output
-
-
-def assert_nothing_lost(jellyfin: JellyfinEmulator) -> None:
-    assert jellyfin.wait_for_scans_idle(WAIT), "Jellyfin's scans did not finish"
-    assert jellyfin.removed == [], "a scan deleted items whose files were only unreachable"
-    assert jellyfin.violations == []
 
 
 # --- 1. scope × gate with one library's disk unmounted -------------------------------------------
@@ -129,12 +110,12 @@ def test_unmounted_disk_under_each_scope_and_gate(tmp_path: Path, jellyfin: Jell
         mount_point.mkdir()
         (mount_point / "disk-not-mounted.txt").write_text("the disk is not mounted\n")
     with TmpfsMount(a) as disk_a, TmpfsMount(b) as disk_b:
-        media_file(a, "Old Movie (1999)")
-        media_file(b, "Old Show (2001)")
+        movie(a, "Old Movie (1999)")
+        movie(b, "Old Show (2001)")
         movies, shows = Library("Movies", [str(a)]), Library("Shows", [str(b)])
         jellyfin.libraries = [movies, shows]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+        config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                               refresh={"scope": scope, "gate": gate})
         with WatcherProcess(["--config", config], env) as watcher:
             watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
@@ -144,8 +125,8 @@ def test_unmounted_disk_under_each_scope_and_gate(tmp_path: Path, jellyfin: Jell
             # its quiet period; the kernel queues the events for it.
             watcher.send_signal(signal.SIGSTOP)
             try:
-                media_file(a, "New Movie (2024)")
-                media_file(b, "New Show (2024)")
+                movie(a, "New Movie (2024)")
+                movie(b, "New Show (2024)")
                 disk_b.unmount()
             finally:
                 watcher.send_signal(signal.SIGCONT)
@@ -175,8 +156,8 @@ def test_unmounted_disk_under_each_scope_and_gate(tmp_path: Path, jellyfin: Jell
             # disk would bring them). After watch.settle its kept changes are refreshed.
             mark = watcher.mark()
             disk_b.mount()
-            media_file(b, "Old Show (2001)")
-            media_file(b, "New Show (2024)")
+            movie(b, "Old Show (2001)")
+            movie(b, "New Show (2024)")
             watcher.wait_for_line(re.escape(f"watching {b} again"), WAIT, start=mark)
             watcher.wait_for_line(r"refresh sent: ", WAIT, start=mark)
             expected = {("server", "all"): 1, ("library", "all"): 2, ("path", "all"): 2}.get((scope, gate), 1)
@@ -204,7 +185,7 @@ def test_unmounted_disk_under_each_scope_and_gate(tmp_path: Path, jellyfin: Jell
 
 def test_scope_server_with_gate_library_is_a_configuration_error(tmp_path: Path, jellyfin: JellyfinEmulator,
                                                                   env: dict[str, str]) -> None:
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           refresh={"scope": "server", "gate": "library"})
     for command in ("run", "refresh", "check"):
         completed = run_cli(command, "--config", config, str(tmp_path), env=env)
@@ -218,11 +199,11 @@ def test_scope_server_with_gate_library_is_a_configuration_error(tmp_path: Path,
 def test_one_shot_refresh_under_gate_library_refreshes_only_the_healthy_library(
         tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str, str], scope: str) -> None:
     a, b = tmp_path / "movies", tmp_path / "shows"
-    media_file(a, "Old Movie (1999)")
+    movie(a, "Old Movie (1999)")
     movies, shows = Library("Movies", [str(a)]), Library("Shows", [str(b)])  # b does not exist
     jellyfin.libraries = [movies, shows]
     jellyfin.index()
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           refresh={"scope": scope, "gate": "library"})
 
     completed = run_cli("refresh", "--config", config, env=env)
@@ -236,7 +217,7 @@ def test_one_shot_refresh_under_gate_library_refreshes_only_the_healthy_library(
     assert refresh_requests(jellyfin) == [f"POST /Items/{uuid.UUID(movies.item_id)}/Refresh"]
 
     # Under gate = "all", the same situation refreshes nothing.
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           refresh={"scope": scope, "gate": "all"})
     completed = run_cli("refresh", "--config", config, env=env)
     assert completed.returncode == 1, completed
@@ -252,8 +233,8 @@ def docker_layout(tmp_path: Path, jellyfin: JellyfinEmulator) -> tuple[Path, Pat
     """Jellyfin in a container sees /data/movies and /data/shows; here they are two folders
     under ``tmp_path/host`` (paths Jellyfin's container does not have)."""
     movies_here, shows_here = tmp_path / "host" / "movies", tmp_path / "host" / "shows"
-    media_file(movies_here, "Old Movie (1999)")
-    media_file(shows_here, "Old Show (2001)")
+    movie(movies_here, "Old Movie (1999)")
+    movie(shows_here, "Old Show (2001)")
     movies, shows = Library("Movies", ["/data/movies"]), Library("Shows", ["/data/shows"])
     jellyfin.libraries = [movies, shows]
     return movies_here, shows_here, movies, shows
@@ -264,15 +245,15 @@ def test_path_scope_sends_the_changed_folders_as_jellyfin_sees_them(tmp_path: Pa
     movies_here, shows_here, movies, shows = docker_layout(tmp_path, jellyfin)
     (movies_here / "New Movie (2024)").mkdir()  # made by the media manager before the file arrives
     (movies_here / "Old Movie (1999)" / "extras").mkdir()
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           refresh={"scope": "path"},
                           path_map={"/data/movies/": f"{movies_here}/", "/data/shows": str(shows_here)})
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 2 of 2 roots: " + re.escape(f"{movies_here}, {shows_here}"), WAIT)
 
-        (movies_here / "New Movie (2024)" / "New Movie (2024).mkv").write_bytes(b"\x1a\x45\xdf\xa3")
+        (movies_here / "New Movie (2024)" / "New Movie (2024).mkv").write_bytes(MKV)
         (movies_here / "Old Movie (1999)" / "Old Movie (1999).en.srt").write_text("1\n")
-        (movies_here / "Old Movie (1999)" / "extras" / "Making Of.mkv").write_bytes(b"\x1a\x45\xdf\xa3")
+        (movies_here / "Old Movie (1999)" / "extras" / "Making Of.mkv").write_bytes(MKV)
 
         sent = watcher.wait_for_line(r"refresh sent: ", WAIT)
         assert "POST /Library/Media/Updated (2 folders)" in sent, sent
@@ -295,12 +276,12 @@ def test_path_scope_beyond_100_folders_refreshes_the_library(tmp_path: Path, jel
         (root / f"Show {index:03d}").mkdir(parents=True)
     shows = Library("Shows", [str(root)], collection_type="tvshows")
     jellyfin.libraries = [shows]
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           refresh={"scope": "path"})
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         for index in range(folders):
-            (root / f"Show {index:03d}" / f"Episode {index:03d}.mkv").write_bytes(b"\x1a\x45\xdf\xa3")
+            (root / f"Show {index:03d}" / f"Episode {index:03d}.mkv").write_bytes(MKV)
         watcher.wait_for_line(r"refresh sent: ", WAIT)
         [refresh] = jellyfin.wait_for_refreshes(1, WAIT)
         stop_with_nothing_pending(watcher)
@@ -314,34 +295,27 @@ def test_path_scope_beyond_100_folders_refreshes_the_library(tmp_path: Path, jel
     assert len(jellyfin.items) == folders
 
 
-def read_status(state_dir: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((state_dir / "status.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return {}
-
-
 def test_path_scope_after_a_restart_refreshes_what_was_pending_before_it(
         tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str, str]) -> None:
     # Changes pending at a stop are saved as roots and a count, without their folders. If the
     # restored batch cannot be sent at once (here: another root is missing) and a new change
     # arrives, the refresh must still cover the changes from before the restart.
     movies_root, shows_root = tmp_path / "movies", tmp_path / "shows"
-    media_file(movies_root, "Old Movie (1999)")
-    media_file(movies_root, "Other Movie (2000)")
-    media_file(shows_root, "Old Show (2001)")
+    movie(movies_root, "Old Movie (1999)")
+    movie(movies_root, "Other Movie (2000)")
+    movie(shows_root, "Old Show (2001)")
     movies, shows = Library("Movies", [str(movies_root)]), Library("Shows", [str(shows_root)])
     jellyfin.libraries = [movies, shows]
     jellyfin.index()
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=state_dir, refresh={"scope": "path"})
-    slow = write_config(tmp_path / "slow.toml", url=jellyfin.url, state_dir=state_dir, refresh={"scope": "path"},
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=state_dir, refresh={"scope": "path"})
+    slow = daemon_config(tmp_path / "slow.toml", url=jellyfin.url, state_dir=state_dir, refresh={"scope": "path"},
                         quiet_period=60)  # the first run stops before its batch is due
 
     with WatcherProcess(["--config", slow], env) as watcher:
         watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
         (movies_root / "Old Movie (1999)" / "Old Movie (1999).en.srt").write_text("1\n")
-        wait_until(lambda: (read_status(state_dir).get("pending") or {}).get("roots") == [str(movies_root)], WAIT)
+        wait_until(lambda: ((read_status_file(state_dir) or {}).get("pending") or {}).get("roots") == [str(movies_root)], WAIT)
         assert watcher.terminate(WAIT) == 0
         assert re.search(r"stopped; \d+ changes pending under " + re.escape(str(movies_root)), watcher.lines[-1])
 
@@ -371,7 +345,7 @@ def test_docker_layout_needs_a_path_map(tmp_path: Path, jellyfin: JellyfinEmulat
     movies_here, shows_here, _, _ = docker_layout(tmp_path, jellyfin)
     state_dir = tmp_path / "state"
 
-    unmapped = write_config(tmp_path / "unmapped.toml", url=jellyfin.url, state_dir=state_dir)
+    unmapped = daemon_config(tmp_path / "unmapped.toml", url=jellyfin.url, state_dir=state_dir)
     check = run_cli("check", "--config", unmapped, env=env)
     assert check.returncode == 1, check
     for location in ("/data/movies", "/data/shows"):
@@ -382,7 +356,7 @@ def test_docker_layout_needs_a_path_map(tmp_path: Path, jellyfin: JellyfinEmulat
     assert '! library Movies: /data/movies is missing (no such folder); if Jellyfin sees it under another path ' \
            '(Docker), add [[path_map]] jellyfin = "/data/movies"' in doctor.stdout, doctor.stdout
 
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=state_dir,
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=state_dir,
                           path_map={"/data/movies": str(movies_here), "/data/shows": str(shows_here)})
     check = run_cli("check", "--config", config, env=env)
     assert check.returncode == 0, check
@@ -392,7 +366,7 @@ def test_docker_layout_needs_a_path_map(tmp_path: Path, jellyfin: JellyfinEmulat
 
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 2 of 2 roots: " + re.escape(f"{movies_here}, {shows_here}"), WAIT)
-        media_file(shows_here, "New Show (2024)")
+        movie(shows_here, "New Show (2024)")
         watcher.wait_for_line(r"refresh sent: POST /Library/Refresh for \d+ changes under " + re.escape(str(shows_here)),
                               WAIT)
         assert [refresh.kind for refresh in jellyfin.wait_for_refreshes(1, WAIT)] == ["library"]
@@ -406,10 +380,10 @@ def test_docker_layout_needs_a_path_map(tmp_path: Path, jellyfin: JellyfinEmulat
 def test_doctor_warns_then_fixes_jellyfins_own_scanning(tmp_path: Path, jellyfin: JellyfinEmulator,
                                                        env: dict[str, str]) -> None:
     movies_root, shows_root = tmp_path / "movies", tmp_path / "shows"
-    media_file(movies_root, "Old Movie (1999)")
-    media_file(shows_root, "Old Show (2001)")
+    movie(movies_root, "Old Movie (1999)")
+    movie(shows_root, "Old Show (2001)")
     jellyfin.libraries = [Library("Movies", [str(movies_root)]), Library("Shows", [str(shows_root)])]
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state")
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state")
 
     def options() -> dict[str, dict[str, Any]]:
         return {folder["Name"]: folder["LibraryOptions"] for folder in api(jellyfin, "/Library/VirtualFolders")}
@@ -496,7 +470,7 @@ def login_config(tmp_path: Path, jellyfin: JellyfinEmulator, password: str = PAS
     password_file = tmp_path / "password"
     password_file.write_text(password + "\n", encoding="utf-8")
     password_file.chmod(mode)
-    return write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=state_dir or tmp_path / "state",
+    return daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=state_dir or tmp_path / "state",
                         jellyfin={"username": "alice", "password_file": str(password_file)})
 
 
@@ -507,7 +481,7 @@ def logins(jellyfin: JellyfinEmulator) -> list[Any]:
 def test_user_login_caches_the_token_and_logs_in_again_when_it_is_refused(tmp_path: Path,
                                                                          jellyfin: JellyfinEmulator) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     jellyfin.libraries = [Library("Movies", [str(root)])]
     jellyfin.users = {"alice": PASSWORD}
     jellyfin.index()
@@ -555,14 +529,14 @@ def test_user_login_caches_the_token_and_logs_in_again_when_it_is_refused(tmp_pa
 
 def test_daemon_with_user_login_refreshes(tmp_path: Path, jellyfin: JellyfinEmulator) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     jellyfin.libraries = [Library("Movies", [str(root)])]
     jellyfin.users = {"alice": PASSWORD}
     jellyfin.index()
     config = login_config(tmp_path, jellyfin)
     with WatcherProcess(["--config", config], child_env(home=tmp_path / "home"), secret=PASSWORD) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots: " + re.escape(str(root)), WAIT)  # roots read as alice
-        media_file(root, "New Movie (2024)")
+        movie(root, "New Movie (2024)")
         watcher.wait_for_line(r"refresh sent: POST /Library/Refresh", WAIT)
         assert [refresh.kind for refresh in jellyfin.wait_for_refreshes(1, WAIT)] == ["library"]
         stop_with_nothing_pending(watcher)
@@ -572,7 +546,7 @@ def test_daemon_with_user_login_refreshes(tmp_path: Path, jellyfin: JellyfinEmul
 
 def test_wrong_password_is_a_clear_error(tmp_path: Path, jellyfin: JellyfinEmulator) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     jellyfin.libraries = [Library("Movies", [str(root)])]
     jellyfin.users = {"alice": PASSWORD}
     config = login_config(tmp_path, jellyfin, password="wrong password")
@@ -590,7 +564,7 @@ def test_wrong_password_is_a_clear_error(tmp_path: Path, jellyfin: JellyfinEmula
 
 def test_password_file_readable_by_others_is_warned_about(tmp_path: Path, jellyfin: JellyfinEmulator) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     jellyfin.libraries = [Library("Movies", [str(root)])]
     jellyfin.users = {"alice": PASSWORD}
     config = login_config(tmp_path, jellyfin, mode=0o644)
@@ -606,7 +580,7 @@ def test_password_file_readable_by_others_is_warned_about(tmp_path: Path, jellyf
 
 def test_url_with_a_trailing_slash(tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str, str]) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     jellyfin.libraries = [Library("Movies", [str(root)])]
     completed = run_cli("refresh", root, "--url", jellyfin.url + "/", "--state-dir", tmp_path / "state", env=env)
     assert completed.returncode == 0, completed
@@ -617,12 +591,12 @@ def test_url_with_a_trailing_slash(tmp_path: Path, jellyfin: JellyfinEmulator, e
 @pytest.mark.parametrize("suffix", ["", "/"])
 def test_reverse_proxy_base_path(tmp_path: Path, env: dict[str, str], suffix: str) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     with JellyfinEmulator(api_key=env["JELLYFIN_API_KEY"], base_path="/jellyfin",
                           libraries=[Library("Movies", [str(root)])]) as proxied:
         proxied.index()
         assert proxied.url.endswith("/jellyfin")
-        config = write_config(tmp_path / "config.toml", url=proxied.url + suffix, state_dir=tmp_path / "state",
+        config = daemon_config(tmp_path / "config.toml", url=proxied.url + suffix, state_dir=tmp_path / "state",
                               refresh={"scope": "library"})
         check = run_cli("check", "--config", config, env=env)  # roots read from Jellyfin through the proxy
         assert check.returncode == 0, check
@@ -644,7 +618,7 @@ def test_ftp_url_is_a_usage_error(tmp_path: Path, env: dict[str, str], where: st
     elif where == "environment":
         env = {**env, "JELLYFIN_URL": url}
     else:
-        arguments += ["--config", write_config(tmp_path / "config.toml", url=url, state_dir=tmp_path / "state")]
+        arguments += ["--config", daemon_config(tmp_path / "config.toml", url=url, state_dir=tmp_path / "state")]
     completed = run_cli(*arguments, env=env)
     assert completed.returncode == 2, completed
     [line] = completed.stderr.splitlines()
@@ -760,17 +734,17 @@ class EmbyStandIn:
 
 
 def emby_config(tmp_path: Path, emby: EmbyStandIn, **jellyfin: Any) -> Path:
-    return write_config(tmp_path / "config.toml", url=emby.url, state_dir=tmp_path / "state",
+    return daemon_config(tmp_path / "config.toml", url=emby.url, state_dir=tmp_path / "state",
                         jellyfin={"server": "emby", **jellyfin}, refresh={"scope": "library"})
 
 
 def test_emby_mode_uses_the_emby_prefix_and_token_and_accepts_an_empty_200(tmp_path: Path) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     key = "emby-key-" + uuid.uuid4().hex
     env = child_env(api_key=key, home=tmp_path / "home")
     with EmbyStandIn(key, root) as emby:
-        server_scope = write_config(tmp_path / "server.toml", url=emby.url, state_dir=tmp_path / "state",
+        server_scope = daemon_config(tmp_path / "server.toml", url=emby.url, state_dir=tmp_path / "state",
                                     jellyfin={"server": "emby"})
         completed = run_cli("refresh", "--config", server_scope, root, env=env)
         assert completed.returncode == 0, completed
@@ -799,7 +773,7 @@ def test_emby_mode_uses_the_emby_prefix_and_token_and_accepts_an_empty_200(tmp_p
 
 def test_emby_mode_logs_in_with_x_emby_authorization(tmp_path: Path) -> None:
     root = tmp_path / "movies"
-    media_file(root, "Old Movie (1999)")
+    movie(root, "Old Movie (1999)")
     password_file = tmp_path / "password"
     password_file.write_text(PASSWORD, encoding="utf-8")
     password_file.chmod(0o600)
@@ -825,12 +799,12 @@ def test_emby_mode_logs_in_with_x_emby_authorization(tmp_path: Path) -> None:
 def test_libraries_added_and_removed_in_jellyfin_are_watched_and_dropped(tmp_path: Path, jellyfin: JellyfinEmulator,
                                                                         env: dict[str, str]) -> None:
     movies_root, shows_root = tmp_path / "movies", tmp_path / "shows"
-    media_file(movies_root, "Old Movie (1999)")
-    media_file(shows_root, "Old Show (2001)")
+    movie(movies_root, "Old Movie (1999)")
+    movie(shows_root, "Old Show (2001)")
     movies = Library("Movies", [str(movies_root)])
     jellyfin.libraries = [movies]
     jellyfin.index()
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           jellyfin={"library_interval": 1})
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots: " + re.escape(str(movies_root)), WAIT)
@@ -841,8 +815,8 @@ def test_libraries_added_and_removed_in_jellyfin_are_watched_and_dropped(tmp_pat
                               WAIT)
         # The line comes before the watch is set up: wait for the status file to show it.
         wait_until(lambda: any(root["path"] == str(shows_root) and root["watched"]
-                               for root in read_status(tmp_path / "state").get("roots", [])), WAIT)
-        media_file(shows_root, "New Show (2024)")  # really watched: its change is refreshed
+                               for root in (read_status_file(tmp_path / "state") or {}).get("roots", [])), WAIT)
+        movie(shows_root, "New Show (2024)")  # really watched: its change is refreshed
         watcher.wait_for_line(r"refresh sent: POST /Library/Refresh for \d+ changes under " + re.escape(str(shows_root))
                               + "$", WAIT)
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
@@ -850,8 +824,8 @@ def test_libraries_added_and_removed_in_jellyfin_are_watched_and_dropped(tmp_pat
         jellyfin.libraries = [movies]
         watcher.wait_for_line(re.escape(f"no longer watching {shows_root} (removed from Jellyfin's libraries)"), WAIT)
         mark = watcher.mark()
-        media_file(shows_root, "Ignored Show (2025)")  # no longer a library: not a change
-        media_file(movies_root, "New Movie (2024)")
+        movie(shows_root, "Ignored Show (2025)")  # no longer a library: not a change
+        movie(movies_root, "New Movie (2024)")
         watcher.wait_for_line(r"refresh sent: POST /Library/Refresh for \d+ changes under "
                               + re.escape(str(movies_root)) + "$", WAIT, start=mark)
         assert len(jellyfin.wait_for_refreshes(2, WAIT)) == 2
@@ -869,12 +843,12 @@ def test_a_root_holding_several_libraries_refreshes_all_of_them(tmp_path: Path, 
     # One ROOT, /media, over the folders of two libraries: a refresh of its changes must
     # reach both, not just the first library found inside it.
     media = tmp_path / "media"
-    media_file(media / "movies", "Old Movie (1999)")
-    media_file(media / "shows", "Old Show (2001)")
+    movie(media / "movies", "Old Movie (1999)")
+    movie(media / "shows", "Old Show (2001)")
     movies, shows = Library("Movies", [str(media / "movies")]), Library("Shows", [str(media / "shows")])
     jellyfin.libraries = [movies, shows]
     jellyfin.index()
-    config = write_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
+    config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
                           refresh={"scope": scope})
 
     completed = run_cli("refresh", "--config", config, media, env=env)

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from support import write_config, write_file
 
 from watcher import cli, config
 from watcher.config import Config, ConfigError, PathMapping, Root
@@ -229,14 +230,10 @@ def test_describe_names_the_request() -> None:
 # --- path mapping ------------------------------------------------------------------------------
 
 
-def write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def mapped(tmp_path: Path, *pairs: tuple[str, str]) -> Config:
-    text = "".join(f'[[path_map]]\njellyfin = "{jellyfin}"\nlocal = "{local}"\n' for jellyfin, local in pairs)
-    return config.load(write(tmp_path / "config.toml", text), {}, {"STATE_DIRECTORY": str(tmp_path)})
+    file = write_config(tmp_path / "config.toml", {"path_map": [{"jellyfin": jellyfin, "local": local}
+                                                                for jellyfin, local in pairs]})
+    return config.load(file, {}, {"STATE_DIRECTORY": str(tmp_path)})
 
 
 def test_path_map_normalises_trailing_slashes(tmp_path: Path) -> None:
@@ -302,7 +299,7 @@ def test_without_path_map_paths_are_taken_as_they_are(tmp_path: Path) -> None:
 
 
 def load_text(tmp_path: Path, text: str) -> Config:
-    return config.load(write(tmp_path / "config.toml", text), {}, {"STATE_DIRECTORY": str(tmp_path)})
+    return config.load(write_file(tmp_path / "config.toml", text), {}, {"STATE_DIRECTORY": str(tmp_path)})
 
 
 def error_of(tmp_path: Path, text: str) -> str:
@@ -411,7 +408,7 @@ def test_password_file_problems(tmp_path: Path, content: str | None, expected: s
 
 
 def test_cli_exits_2_on_scope_server_with_gate_library(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    file = write(tmp_path / "config.toml", '[refresh]\nscope = "server"\ngate = "library"\n')
+    file = write_file(tmp_path / "config.toml", '[refresh]\nscope = "server"\ngate = "library"\n')
 
     code = cli.main(["check", "--config", str(file), str(tmp_path)], environ={"STATE_DIRECTORY": str(tmp_path)})
 
@@ -426,7 +423,7 @@ def test_config_print_shows_the_refresh_keys_and_the_path_map(tmp_path: Path) ->
     password = tmp_path / "password"
     password.write_text("correct horse\n", encoding="utf-8")
     password.chmod(0o600)
-    file = write(
+    file = write_file(
         tmp_path / "config.toml",
         '[jellyfin]\nurl = "http://nas:8920/emby"\nserver = "emby"\nusername = "alice"\n'
         f'password_file = "{password}"\nverify = false\nlibrary_interval = 60\n'

@@ -41,8 +41,12 @@ from support import (
     WatcherProcess,
     child_env,
     closed_port,
+    movie,
+    read_status_file,
     run_cli,
+    toml_string,
     wait_until,
+    write_config,
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
@@ -89,17 +93,6 @@ def dry_run_args(state_dir: Path, *roots: Path, quiet_period: float = 30.0) -> l
     ]
 
 
-def movie(folder: Path, title: str) -> Path:
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x1a\x45\xdf\xa3")
-    return path
-
-
-def toml_string(value: object) -> str:
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def status(state_dir: Path, *flags: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``jellyfin-watcher status --state-dir STATE_DIR FLAGS``."""
     return run_cli("status", "--state-dir", state_dir, *flags, env=env, timeout=WAIT)
@@ -136,13 +129,6 @@ def table_rows(output: str) -> dict[str, list[str]]:
         cells = re.split(r" {2,}", line.strip())
         rows[cells[0]] = cells
     return rows
-
-
-def read_status_file(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 class NotifyListener:
@@ -1044,13 +1030,12 @@ def test_launchd_agent_finds_its_configuration_on_macos(tmp_path: Path, monkeypa
 # --- 7. SIGHUP -----------------------------------------------------------------------------------
 
 
-def sighup_config(path: Path, state: Path, *roots: Path, extra: str = "") -> Path:
-    text = (f"state_dir = {toml_string(state)}\ndry_run = true\n{extra}"
-            "[watch]\nquiet_period = 30\nmax_wait = 600\nsettle = 0\n")
-    for root in roots:
-        text += f"[[roots]]\npath = {toml_string(root)}\n"
-    path.write_text(text, encoding="utf-8")
-    return path
+def sighup_config(path: Path, state: Path, *roots: Path, extra: dict[str, Any] | None = None) -> Path:
+    """A dry-run daemon's configuration with a long quiet period (a batch stays pending);
+    ``extra``: more top-level keys."""
+    return write_config(path, {"state_dir": state, "dry_run": True, **(extra or {}),
+                               "watch": {"quiet_period": 30, "max_wait": 600, "settle": 0},
+                               "roots": [{"path": root} for root in roots]})
 
 
 def wait_for_document(state: Path, accept: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
@@ -1126,7 +1111,7 @@ def test_sighup_applies_a_new_log_level(tmp_path: Path, plain_env: dict[str, str
     config = sighup_config(tmp_path / "config.toml", state, root)
     with WatcherProcess(["--config", str(config)], plain_env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
-        sighup_config(config, state, root, other, extra='log_level = "warning"\n')
+        sighup_config(config, state, root, other, extra={"log_level": "warning"})
         mark = watcher.mark()
         watcher.send_signal(signal.SIGHUP)
         # The second root in the status file shows the reload was applied (whatever is logged).

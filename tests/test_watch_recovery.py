@@ -83,7 +83,7 @@ def test_overflow_recovery_does_not_overflow_again_and_watches_what_was_missed(t
             def caught_up() -> bool:
                 marker.write_bytes(b"x")
                 during.extend(drain(events))
-                return any(isinstance(item, Change) and str(item.event.src_path) == str(marker) for item in during)
+                return any(isinstance(item, FileEvent) and item.path == str(marker) for item in during)
 
             wait_until(caught_up, WAIT, interval=0.2,
                        message="the watcher never caught up with the storm: its overflow recovery loops?")

@@ -18,6 +18,7 @@ from support import write_config, write_file
 from watcher import cli, config
 from watcher.config import Config, ConfigError, PathMapping, Root
 from watcher.core.debounce import Batch
+from watcher.core.libraries import tag_roots
 from watcher.core.scope import MAX_PATHS, RefreshRequest, fold, plan
 
 MOVIES_ID = "0123456789abcdef0123456789abcdef"
@@ -450,7 +451,7 @@ def test_config_print_shows_the_refresh_keys_and_the_path_map(tmp_path: Path) ->
     ]
 
 
-# --- configured roots tagged with their libraries (cli._with_libraries) -----------------------------
+# --- configured roots tagged with their libraries (core.libraries.tag_roots) -----------------------------
 
 
 def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_path: Path) -> None:
@@ -470,7 +471,7 @@ def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_pat
         Root(Path("/elsewhere")),
     ]
 
-    tagged = cli._with_libraries(docker, roots, libraries)
+    tagged, warnings = tag_roots(docker, roots, libraries)
 
     assert [(str(root.path), root.library_name) for root in tagged] == [
         ("/mnt/media/movies", "Movies"),
@@ -481,6 +482,12 @@ def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_pat
         ("/elsewhere", None),
     ]
     assert [root.library_id for root in tagged[:3]] == [MOVIES_ID, SHOWS_ID, SHOWS_ID]
+    assert warnings == [
+        "/mnt/media/moviesX is in no Jellyfin library: it can only be refreshed with a server-wide scan",
+        "/mnt/media holds folders of several Jellyfin libraries (Movies, Shows): it can only be refreshed with a "
+        "server-wide scan",
+        "/elsewhere is in no Jellyfin library: it can only be refreshed with a server-wide scan",
+    ]
     # An untagged root makes every scope a server-wide refresh.
     changed = batch("/mnt/media", folders=("/mnt/media/shows/New",))
     assert plan(changed, {str(root.path): root for root in tagged}, "library", same)[0].kind == "server"

@@ -1,4 +1,4 @@
-"""How the daemon's state is shown: the status file's document, the ``STATUS=`` line.
+"""How the state is shown: the status file's document, the ``STATUS=`` line, ``check``'s lines.
 
 Pure: the clock readings of a :class:`~watcher.core.machine.Snapshot` are turned into wall
 clock times with the offset the caller gives (``time.time() - time.monotonic()``).
@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from watcher.config import Config
 from watcher.core.machine import Snapshot
+from watcher.health import Health, State
 
 
 def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -> dict[str, Any]:
@@ -74,3 +76,20 @@ def status_line(status: dict[str, Any]) -> str:
     if last:
         parts.append(f"last refresh {time.strftime('%H:%M', time.localtime(last['time']))} ({last['result'].split(':')[0]})")
     return " · ".join(parts)
+
+
+def check_line(health: Health, config: Config) -> str:
+    """One root as ``check`` prints it: ``/mnt/usb/movies: healthy (on /mnt/usb (ext4))``, or
+    its state and reason — for a library location missing here, the ``[[path_map]]`` to add."""
+    unmapped = config.jellyfin_path(str(health.root.path)) == str(health.root.path)
+    if health.state is State.MISSING and health.root.library_id is not None and unmapped:
+        return (
+            f"{health.root.path}: missing (no such folder here; if Jellyfin runs in a container, map its path "
+            f'to this machine\'s: [[path_map]] jellyfin = "{health.root.path}" local = "/the/same/folder/here")'
+        )
+    if health.healthy:
+        where = f"on {health.mount_point}" if health.mount_point else ""
+        if health.fstype:
+            where += f" ({health.fstype})"
+        return f"{health.root.path}: healthy ({where})" if where else f"{health.root.path}: healthy"
+    return f"{health.root.path}: {health.state} ({health.reason})"

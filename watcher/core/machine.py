@@ -142,6 +142,8 @@ class Core:
         """When start-up retries reading the roots (after a failure)."""
         self.read_backoff = Backoff(config.backoff_max)
         self.libraries_at = float("inf")
+        self.verifications_waiting: list[tuple[float, Verified]] = []
+        """Verification shortfalls that wait for a probe begun after them."""
         self.polls_waiting: list[tuple[float, PollResult]] = []
         """Polling results that wait for a probe begun after them (an unmount must not
         read as a flood of deletions)."""
@@ -367,6 +369,16 @@ class Core:
             else:
                 self.polls_waiting.append((seen_at, result))
                 self._want_probe(now)
+        verifications, self.verifications_waiting = self.verifications_waiting, []
+        for seen_at, verified in verifications:
+            tracker = self.roots.get(verified.root)
+            if tracker is None:
+                continue
+            if probed.started_at < seen_at:
+                self.verifications_waiting.append((seen_at, verified))
+                self._want_probe(now)
+            elif tracker.health is not None and tracker.health.healthy:
+                self._apply_verified(now, verified, tracker, actions)
 
     def _on_watched(self, now: float, watched: Watched, actions: list[Action]) -> None:
         tracker = self.roots.get(watched.root)
@@ -387,6 +399,15 @@ class Core:
         tracker = self.roots.get(verified.root)
         if tracker is None:
             return
+        if verified.coverage.problem() is not None and not any(item is verified for _, item in self.verifications_waiting):
+            # A shortfall is believed only once a probe begun after it finds the root still
+            # there, the same: a root unmounted while it was listed shows its bare mount point.
+            self.verifications_waiting.append((now, verified))
+            self._want_probe(now)
+            return
+        self._apply_verified(now, verified, tracker, actions)
+
+    def _apply_verified(self, now: float, verified: Verified, tracker: RootTracker, actions: list[Action]) -> None:
         if tracker.on_verified(verified.ticket, verified.coverage, self.config, self.tickets + 1):
             self.tickets += 1
             # Changes made while the watch was incomplete may have been missed: the root

@@ -98,6 +98,9 @@ class _Jobs:
     running: set[str] = field(default_factory=set)
     sending: Batch | None = None
     """The batch of the :class:`~watcher.core.messages.Send` under way (not in the debouncer)."""
+    description: str = ""
+    """How the batch being sent is named in the log ("12 changes under …", or "the
+    changes under …" when the gate let only part of it go)."""
 
 
 class Core:
@@ -639,14 +642,18 @@ class Core:
         if self.refused:
             actions.append(info("the loss guard no longer objects: refreshing"))
             self.refused = ""
+        whole = self.debouncer.pending
         taken = self.debouncer.take(roots)
         self.attempt = None
         if taken is None:
             return
+        self.jobs.description = describe(taken) if whole is None or taken.roots == whole.roots else (
+            f"the changes under {listed(taken.roots)}"
+        )
         requests = tuple(plan(taken, {key: t.root for key, t in self.roots.items()}, self.config.scope, self.config.jellyfin_path))
         if self.dry_run:
             for request in requests:
-                actions.append(info(f"dry run: would send {request.describe()} for {describe(taken)}"))
+                actions.append(info(f"dry run: would send {request.describe()} for {self.jobs.description}"))
             self._refreshed(now, "dry run: not sent", actions)
             return
         self.jobs.sending = taken
@@ -654,7 +661,7 @@ class Core:
 
     def _on_sent(self, now: float, done: SendDone, actions: list[Action]) -> None:
         self.jobs.sending = None
-        description = describe(done.batch)
+        description = self.jobs.description or describe(done.batch)
         for request in done.sent:
             actions.append(info(f"refresh sent: {request.describe()} for {description}"))
         if done.error is None and not done.crash:

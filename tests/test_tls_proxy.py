@@ -18,6 +18,7 @@ import datetime
 import json
 import re
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -242,6 +243,24 @@ def test_missing_ca_bundle_file_is_a_configuration_error(tmp_path: Path, root: P
         "authority that signed Jellyfin's certificate")
 
 
+@pytest.mark.parametrize("given", ["https:// to an HTTP port", "http:// to an HTTPS port"])
+def test_the_wrong_scheme_is_named(tmp_path: Path, ca: trustme.CA, root: Path, given: str) -> None:
+    context = server_context(ca, "127.0.0.1") if given.startswith("http:") else None
+    with emulator(root, ssl_context=context) as jellyfin:
+        url = jellyfin.url.replace("https:", "http:") if context else jellyfin.url.replace("http:", "https:")
+        completed = run_cli("check", "--config", write_config(tmp_path, url), env=environment(tmp_path))
+        assert completed.returncode == 3, completed
+        if context is None:
+            assert re.fullmatch(
+                rf"TLS failure talking to {re.escape(url)} \((wrong version number|record layer failure|packet length "
+                rf"too long)\): does {re.escape(url)} speak plain HTTP\? then use http://", error_line(completed))
+        else:
+            assert error_line(completed) == (
+                f"the server at {url} closed the connection without answering GET /Library/VirtualFolders: if it "
+                "serves HTTPS on this port, use https://; otherwise it may be restarting")
+    assert jellyfin.refreshes == []
+
+
 # --- 2. every case that stops the watcher, with each one-shot command ------------------------
 
 
@@ -455,6 +474,16 @@ def test_jellyfins_base_url_redirect_names_the_url(tmp_path: Path, root: Path) -
     assert jellyfin.refreshes == [] and jellyfin.violations == []
 
 
+def _no_ipv6_loopback() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        return f"no IPv6 loopback (::1) here: {error}"
+    return None
+
+
+@pytest.mark.skipif(_no_ipv6_loopback() is not None, reason=str(_no_ipv6_loopback()))
 def test_ipv6_url(tmp_path: Path, root: Path) -> None:
     with emulator(root, host="::1") as jellyfin:
         jellyfin.index()

@@ -42,6 +42,7 @@ The way to Jellyfin (see :mod:`watcher.core.answers` for the rules):
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ import socket
 import ssl
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,7 +335,7 @@ class JellyfinClient:
         assert self._login is not None
         try:
             data = json.loads((self._login.cache_dir / TOKEN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         if isinstance(data, dict) and data.get("url") == self.url and data.get("username") == self._login.username:
             token = data.get("token")
@@ -438,7 +439,12 @@ class JellyfinClient:
             raise ServerUnavailable(f"no connection to {self.url} within {self.timeout:g} s: check the URL and port") from None
         except requests.exceptions.Timeout:
             raise ServerUnavailable(f"{what}: no answer from {self.url} within {self.timeout:g} s") from None
-        except requests.exceptions.ConnectionError:
+        except requests.exceptions.ConnectionError as error:
+            if _closed_without_answer(error) and url.lower().startswith("http:"):
+                raise ServerUnavailable(
+                    f"the server at {self.url} closed the connection without answering {what}: if it serves HTTPS on "
+                    "this port, use https://; otherwise it may be restarting"
+                ) from None
             raise ServerUnavailable(
                 f"cannot connect to Jellyfin at {self.url}: check the URL and port, and that Jellyfin is running"
             ) from None
@@ -526,26 +532,39 @@ def _is_public_info(answer: Answer) -> bool:
     return isinstance(info, dict) and "Version" in info
 
 
-def _tls_failure(url: str, verify: bool | str, error: BaseException) -> str:
-    """The message for a failed TLS connection, from the ``ssl`` exception that requests and
-    urllib3 wrap (its ``verify_code`` is OpenSSL's verification result), if there is one."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it wraps (``__cause__``, ``__context__``, urllib3's
+    ``reason``, exceptions among its ``args``), breadth first, each once."""
     pending: list[BaseException] = [error]
     seen: set[int] = set()
-    found: ssl.SSLError | None = None
     while pending:
         current = pending.pop(0)
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return tls_message(url, verify, current.verify_code, str(current.verify_message))
-        if isinstance(current, ssl.SSLError) and found is None:
-            found = current
+        yield current
         reason = getattr(current, "reason", None)
         pending += [
             item for item in (current.__cause__, current.__context__, reason, *current.args)
             if isinstance(item, BaseException)
         ]
+
+
+def _closed_without_answer(error: BaseException) -> bool:
+    """True if a connection was made and then closed before any answer (what a TLS port does
+    to a plain-HTTP request): ``http.client.RemoteDisconnected`` or a reset, in the chain."""
+    return any(isinstance(cause, (http.client.RemoteDisconnected, ConnectionResetError)) for cause in _causes(error))
+
+
+def _tls_failure(url: str, verify: bool | str, error: BaseException) -> str:
+    """The message for a failed TLS connection, from the ``ssl`` exception that requests and
+    urllib3 wrap (its ``verify_code`` is OpenSSL's verification result), if there is one."""
+    found: ssl.SSLError | None = None
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return tls_message(url, verify, cause.verify_code, str(cause.verify_message))
+        if isinstance(cause, ssl.SSLError) and found is None:
+            found = cause
     if found is not None and found.reason:
         return tls_message(url, verify, None, str(found.reason).lower().replace("_", " "))
     return tls_message(url, verify, None, _first_line(error))

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from watcher import status as status_file
 from watcher.config import Config, Root
 from watcher.debounce import Batch, Debouncer
-from watcher.errors import ConfigError, JellyfinError, KeyRejected, ServerUnavailable
+from watcher.errors import ConfigError, JellyfinError, ServerUnavailable, SetupError
 from watcher.filters import IgnoreFilter
 from watcher.guard import Limits, predict
 from watcher.health import Health, State, probe_roots
@@ -684,7 +684,7 @@ class Service:
         self._retry_at = self._clock() + delay
         message = str(error)
         self._last_refresh = _LastRefresh(time.time(), f"failed: {message}")
-        if isinstance(error, KeyRejected):
+        if isinstance(error, SetupError):  # the key, a certificate, a redirect, a proxy: said once
             if message != self._last_error:
                 logger.error("%s; keeping %d changes and watching on", message, batch.changes)
         elif isinstance(error, ServerUnavailable):

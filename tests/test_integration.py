@@ -452,8 +452,9 @@ def test_doctor_without_the_reverse_proxy_base_path(tmp_path: Path, env: dict[st
         without = proxied.url.removesuffix("/jellyfin")
         completed = run_cli("doctor", "--url", without, "--state-dir", tmp_path / "state", env=env)
         assert completed.returncode == 3, completed
-        assert ("answered HTTP 404 to GET /System/Info/Public: is the URL right, including a reverse-proxy base "
-                "path such as https://host/jellyfin?") in completed.stdout
+        # Jellyfin redirects a path outside its Base URL to <base URL>/web/ (BaseUrlRedirectionMiddleware).
+        assert (f"answers GET /System/Info/Public with a redirect (HTTP 302) to {without}/jellyfin/web/: Jellyfin's "
+                f"Base URL (Dashboard → Networking) is /jellyfin; set jellyfin.url to {proxied.url}") in completed.stdout
         with_it = run_cli("doctor", "--url", proxied.url, "--state-dir", tmp_path / "state", env=env)
         assert with_it.returncode == 1, with_it  # reachable; warns about Jellyfin's own scanning
         assert f"✓ Jellyfin Server 10.11.11 at {proxied.url}" in with_it.stdout

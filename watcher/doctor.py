@@ -13,6 +13,10 @@ Dashboard):
 
 ``--fix`` turns 4 and 5 off through the API (``POST /Library/VirtualFolders/LibraryOptions``,
 ``POST /ScheduledTasks/{taskId}/Triggers`` with ``[]``) and prints exactly what it changed.
+
+When a redirect, a proxy's refusal or a page that is not JSON stands in the way, ``doctor``
+shows what answers that path, hop by hop (asked without the key, redirects followed by hand;
+:meth:`~watcher.jellyfin.JellyfinClient.trace`).
 Exit codes: 0 all good, 1 warnings remain, 3 unreachable or rejected.
 """
 
@@ -22,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from watcher.config import Config, Root
-from watcher.errors import JellyfinError, RequestRejected, ServerUnavailable
+from watcher.errors import JellyfinError, ProxyRejected, Redirected, UnexpectedAnswer
 from watcher.health import probe_roots
 from watcher.jellyfin import JellyfinClient, Library
 
@@ -33,8 +37,9 @@ def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str
     """Run the checks; returns the exit code (0, 1 or 3)."""
     try:
         public = client.public_info()
-    except (RequestRejected, ServerUnavailable) as error:
+    except JellyfinError as error:
         say(f"✗ {error}")
+        _diagnose(client, error, say)
         return 3
     name = public.get("ProductName") or ("Emby" if config.server == "emby" else "Jellyfin")
     say(f"✓ {name} {public.get('Version', '?')} at {config.url} ({public.get('ServerName', 'unnamed')})")
@@ -44,6 +49,7 @@ def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str
         task = client.library_scan_task()
     except JellyfinError as error:  # KeyRejected: the message says how to make a new key
         say(f"✗ {error}")
+        _diagnose(client, error, say)
         return 3
     say("✓ the API key is accepted" if config.api_key is not None else f"✓ logged in as {config.username}")
     warnings = _check_locations(config, libraries, say)
@@ -58,6 +64,19 @@ def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str
         return 1
     say("all good")
     return 0
+
+
+def _diagnose(client: JellyfinClient, error: JellyfinError, say: Callable[[str], None]) -> None:
+    """Under a redirect, a proxy's refusal or an answer that is not JSON: every answer to an
+    unauthenticated ``GET`` of the same path, redirects followed by hand."""
+    if not isinstance(error, (Redirected, ProxyRejected, UnexpectedAnswer)) or error.path is None:
+        return
+    if isinstance(error, Redirected):
+        say(f"  redirect chain of GET {error.path}, asked without the API key:")
+    else:
+        say(f"  what answers GET {error.path}, asked without the API key:")
+    for line in client.trace(error.path):
+        say(f"    {line}")
 
 
 def _check_locations(config: Config, libraries: Sequence[Library], say: Callable[[str], None]) -> int:

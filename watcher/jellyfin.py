@@ -23,33 +23,78 @@ Authentication is the header ``Authorization: MediaBrowser Token="…", Client=�
 the only form Jellyfin 12.0 still accepts. Emby (``server = "emby"``) serves the same
 endpoints under ``/emby``, takes ``X-Emby-Token`` and answers 200 where Jellyfin answers 204.
 The key, token and password never appear in a URL, a log line or an exception message.
+
+The way to Jellyfin (see :mod:`watcher.core.answers` for the rules):
+
+* TLS: ``verify`` (True, False or a CA bundle's path) is passed with every request, because
+  requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` override a session's ``verify``
+  (``Session.merge_environment_settings``; psf/requests issue 3829). The proxy variables
+  (``HTTP(S)_PROXY``, ``NO_PROXY``) keep working: ``trust_env`` stays on.
+* Redirects are never followed (requests drops the ``Authorization`` header on a redirect to
+  another host or port and turns a redirected POST into a GET): a 3xx is :class:`Redirected`,
+  naming where it points and the URL to configure.
+* A 401/403 is :class:`KeyRejected` only if Jellyfin sent it: a ``WWW-Authenticate``
+  challenge, an HTML page, or ``GET /System/Info/Public`` refused too mark a proxy
+  (:class:`ProxyRejected`).
+* An answer that is not JSON, or JSON of another shape, is :class:`UnexpectedAnswer`; nothing
+  from requests or json escapes the client.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
 import socket
+import ssl
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InsecureRequestWarning
 from urllib3.util.retry import Retry
 
 from watcher import __version__
 from watcher.config import Secret
-from watcher.errors import KeyRejected, RequestRejected, ServerUnavailable
+from watcher.core.answers import (
+    Answer,
+    describe,
+    empty_message,
+    json_kind,
+    not_json_message,
+    proxy_rejected_message,
+    proxy_signs,
+    redirect_message,
+    shape_message,
+    tls_message,
+)
+from watcher.errors import (
+    ConfigError,
+    KeyRejected,
+    ProxyRejected,
+    Redirected,
+    RequestRejected,
+    ServerUnavailable,
+    SetupError,
+    TLSFailure,
+    UnexpectedAnswer,
+)
 
 logger = logging.getLogger(__name__)
 
 CLIENT_NAME = "jellyfin-watcher"
 LIBRARY_SCAN_TASK_KEY = "RefreshLibrary"
 TOKEN_FILE = "token.json"
+PUBLIC_INFO_PATH = "/System/Info/Public"
+"""The one endpoint Jellyfin never guards: a 401/403 there comes from a proxy."""
+TRACE_HOPS = 10
+"""Redirects :meth:`JellyfinClient.trace` follows at most."""
 
 LIBRARY_REFRESH_PARAMETERS = {
     "metadataRefreshMode": "Default",
@@ -71,6 +116,9 @@ TRANSIENT_RETRY = Retry(
     # wraps it in MaxRetryError, which requests turns into ConnectionError, and a server that
     # accepted the request but did not answer was reported as "cannot connect".
     read=False,
+    # A TLS failure (an untrusted, expired or wrong-host certificate) is urllib3's "other"
+    # kind of error: it does not pass with a retry, so it is raised at once.
+    other=0,
     status=2,
     status_forcelist=(502, 503, 504),
     allowed_methods=None,
@@ -111,9 +159,11 @@ class JellyfinClient:
 
     ``url``: the server's base URL (a reverse-proxy prefix included), no trailing slash.
     ``credentials``: an API key, or a :class:`UserLogin`. ``timeout``: seconds, for every
-    request. ``verify``: TLS verification (True, False or a CA bundle path).
-    ``server``: ``"jellyfin"`` or ``"emby"``. Methods raise :class:`ServerUnavailable`,
-    :class:`KeyRejected` or :class:`RequestRejected`.
+    request. ``verify``: TLS verification (True: the system's authorities, or the bundle
+    ``REQUESTS_CA_BUNDLE`` names; False: none, with one WARNING logged here; or a CA bundle's
+    path, which wins over the environment). ``server``: ``"jellyfin"`` or ``"emby"``.
+    Methods raise :class:`~watcher.errors.JellyfinError` subclasses only; the constructor
+    raises :class:`~watcher.errors.ConfigError` for a CA bundle that does not exist.
     """
 
     def __init__(
@@ -130,6 +180,21 @@ class JellyfinClient:
         self.server = server
         self._prefix = "/emby" if server == "emby" else ""
         self._login = credentials if isinstance(credentials, UserLogin) else None
+        if isinstance(verify, str) and not os.path.exists(verify):
+            raise ConfigError(
+                f"jellyfin.ca_bundle: {verify} does not exist: give the PEM file of the certificate authority "
+                "that signed Jellyfin's certificate"
+            )
+        self.verify = verify
+        if verify is False and self.url.lower().startswith("https:"):
+            logger.warning(
+                "TLS certificate verification is off (jellyfin.verify = false): anyone between this machine and "
+                "%s can read the API key; prefer jellyfin.ca_bundle",
+                self.url,
+            )
+        if verify is False:
+            # Said once, above; urllib3 would warn on every request.
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
         self.session = session or requests.Session()
         self.session.verify = verify
         adapter = HTTPAdapter(max_retries=TRANSIENT_RETRY)
@@ -150,19 +215,23 @@ class JellyfinClient:
 
     def public_info(self) -> dict[str, Any]:
         """``GET /System/Info/Public`` (no auth): ``ServerName``, ``Version``, ``Id``."""
-        info = self._request("GET", "/System/Info/Public", authenticate=False).json()
-        return info if isinstance(info, dict) else {}
+        info: dict[str, Any] = self._json("GET", PUBLIC_INFO_PATH, expect=dict, authenticate=False)
+        return info
 
     def server_info(self) -> dict[str, Any]:
         """``GET /System/Info`` (needs a valid key): ``ServerName``, ``Version``, …"""
-        info = self._json("GET", "/System/Info")
-        return info if isinstance(info, dict) else {}
+        info: dict[str, Any] = self._json("GET", "/System/Info", expect=dict)
+        return info
 
     def libraries(self) -> list[Library]:
         """``GET /Library/VirtualFolders``: every library with its locations and options."""
-        folders = self._json("GET", "/Library/VirtualFolders")
+        folders = self._json("GET", "/Library/VirtualFolders", expect=list)
         libraries = []
-        for folder in folders if isinstance(folders, list) else []:
+        for folder in folders:
+            if not isinstance(folder, dict) or not isinstance(folder.get("Locations") or [], list) or not isinstance(
+                folder.get("LibraryOptions") or {}, dict
+            ):
+                raise self._shape("GET", "/Library/VirtualFolders", "a library entry without that form", "VirtualFolderInfo objects")
             libraries.append(
                 Library(
                     name=str(folder.get("Name") or ""),
@@ -176,8 +245,8 @@ class JellyfinClient:
 
     def scheduled_tasks(self) -> list[dict[str, Any]]:
         """``GET /ScheduledTasks``: ``TaskInfo`` objects."""
-        tasks = self._json("GET", "/ScheduledTasks")
-        return [task for task in tasks if isinstance(task, dict)] if isinstance(tasks, list) else []
+        tasks = self._json("GET", "/ScheduledTasks", expect=list)
+        return [task for task in tasks if isinstance(task, dict)]
 
     def library_scan_task(self) -> dict[str, Any] | None:
         """The "Scan Media Library" task (``Key == "RefreshLibrary"``), or None."""
@@ -201,8 +270,10 @@ class JellyfinClient:
             "enableUserData": "false",
             "enableImages": "false",
         }
-        page = self._json("GET", "/Items", params=params)
-        return page if isinstance(page, dict) else {}
+        page: dict[str, Any] = self._json("GET", "/Items", expect=dict, params=params)
+        if not isinstance(page.get("Items") or [], list):
+            raise self._shape("GET", "/Items", f"{json_kind(page['Items'])} as Items", "a list")
+        return page
 
     def refresh_library(self) -> None:
         """``POST /Library/Refresh``: scan all libraries. Any 2xx is success."""
@@ -253,9 +324,9 @@ class JellyfinClient:
                 f"Jellyfin at {self.url} rejected the login of user {self._login.username!r}: check jellyfin.username "
                 "and the password file"
             ) from None
-        token = response.json().get("AccessToken") if response.content else None
+        token = self._decode(response, "POST", "/Users/AuthenticateByName", dict).get("AccessToken")
         if not isinstance(token, str) or not token:
-            raise RequestRejected(f"Jellyfin at {self.url} answered the login without an access token")
+            raise self._shape("POST", "/Users/AuthenticateByName", "no AccessToken", "an AuthenticationResult")
         self._set_token(token)
         self._store_token(token)
         logger.info("logged in to %s as %s", self.url, self._login.username)
@@ -264,7 +335,7 @@ class JellyfinClient:
         assert self._login is not None
         try:
             data = json.loads((self._login.cache_dir / TOKEN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
         if isinstance(data, dict) and data.get("url") == self.url and data.get("username") == self._login.username:
             token = data.get("token")
@@ -285,9 +356,34 @@ class JellyfinClient:
 
     # --- transport ---------------------------------------------------------------------
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _json(self, method: str, path: str, expect: type | None = None, **kwargs: Any) -> Any:
+        """The decoded JSON answer to ``method path``; with ``expect`` (``list`` or ``dict``),
+        an answer of another type, or none, is :class:`UnexpectedAnswer`."""
         response = self._request(method, path, **kwargs)
-        return response.json() if response.content else None
+        return self._decode(response, method, path, expect)
+
+    def _decode(self, response: requests.Response, method: str, path: str, expect: type | None = None) -> Any:
+        """Decode a 2xx answer as JSON. Raises :class:`UnexpectedAnswer` for an empty body
+        (when ``expect`` is given), an HTML page, anything else that is not JSON, or a value
+        that is not an ``expect``."""
+        request = f"{method} {path}"
+        if not response.content:
+            if expect is None:
+                return None
+            raise UnexpectedAnswer(empty_message(self.url, request), path)
+        answer = _answer(response)
+        if answer.is_html:
+            raise UnexpectedAnswer(not_json_message(self.url, request, answer), path)
+        try:
+            value = json.loads(response.content)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            raise UnexpectedAnswer(not_json_message(self.url, request, answer), path) from None
+        if expect is not None and not isinstance(value, expect):
+            raise self._shape(method, path, json_kind(value), "a list" if expect is list else "an object")
+        return value
+
+    def _shape(self, method: str, path: str, what: str, expected: str) -> UnexpectedAnswer:
+        return UnexpectedAnswer(shape_message(self.url, f"{method} {path}", what, expected), path)
 
     def _request(self, method: str, path: str, authenticate: bool = True, **kwargs: Any) -> requests.Response:
         if authenticate and self._login is not None and not self._has_token():
@@ -304,44 +400,107 @@ class JellyfinClient:
         return "Authorization" in self.session.headers or "X-Emby-Token" in self.session.headers
 
     def _send(self, method: str, path: str, authenticate: bool, **kwargs: Any) -> requests.Response:
+        """One request, no redirect followed, ``verify`` given explicitly (it wins over
+        ``REQUESTS_CA_BUNDLE``). Returns a 2xx answer; raises a JellyfinError otherwise."""
         url = self.url + self._prefix + path
         what = f"{method} {path}"
         headers = dict(kwargs.pop("headers", None) or {})
         if not authenticate:
             # No token on unauthenticated calls (login, public info).
-            headers.setdefault("Authorization", None)  # type: ignore[arg-type]
-            headers.setdefault("X-Emby-Token", None)  # type: ignore[arg-type]
-        try:
-            response = self.session.request(method, url, timeout=self.timeout, headers=headers or None, **kwargs)
-        except requests.exceptions.SSLError as error:
-            raise ServerUnavailable(
-                f"TLS failure talking to {self.url} ({_first_line(error)}): set jellyfin.ca_bundle to your "
-                "certificate authority's file, or jellyfin.verify = false for a self-signed certificate"
-            ) from None
-        except requests.exceptions.ConnectTimeout:
-            raise ServerUnavailable(f"no connection to {self.url} within {self.timeout:g} s: check the URL and port") from None
-        except requests.exceptions.Timeout:
-            raise ServerUnavailable(f"{what}: no answer from {self.url} within {self.timeout:g} s") from None
-        except requests.exceptions.ConnectionError:
-            raise ServerUnavailable(
-                f"cannot connect to Jellyfin at {self.url}: check the URL and port, and that Jellyfin is running"
-            ) from None
-        except requests.exceptions.RequestException as error:
-            raise ServerUnavailable(f"{what} to {self.url} failed: {_first_line(error)}") from None
+            headers.setdefault("Authorization", None)
+            headers.setdefault("X-Emby-Token", None)
+        response = self._transmit(method, url, path, headers=headers or None, **kwargs)
         status = response.status_code
         if 200 <= status < 300:
             return response
+        answer = _answer(response)
+        if 300 <= status < 400:
+            raise Redirected(redirect_message(self.url, what, self._prefix + path, answer), path, answer.location or "")
         if status in (401, 403):
-            raise KeyRejected(
-                f"Jellyfin at {self.url} rejected the API key (HTTP {status}): make a new key in "
-                "Dashboard → API Keys and give it through JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file"
-            )
+            raise self._refused(what, path, answer)
         if status >= 500:
             raise ServerUnavailable(f"Jellyfin answered HTTP {status} to {what}")
         hint = ""
         if status == 404:
             hint = ": is the URL right, including a reverse-proxy base path such as https://host/jellyfin?"
         raise RequestRejected(f"Jellyfin answered HTTP {status} to {what}{hint}")
+
+    def _transmit(self, method: str, url: str, path: str, **kwargs: Any) -> requests.Response:
+        """``session.request`` with the timeout, ``verify`` and no redirects; every failure
+        to get an answer becomes :class:`ServerUnavailable` or :class:`TLSFailure`."""
+        what = f"{method} {path}"
+        try:
+            return self.session.request(
+                method, url, timeout=self.timeout, verify=self.verify, allow_redirects=False, **kwargs
+            )
+        except requests.exceptions.SSLError as error:
+            raise TLSFailure(_tls_failure(url, self.verify, error), path) from None
+        except requests.exceptions.ConnectTimeout:
+            raise ServerUnavailable(f"no connection to {self.url} within {self.timeout:g} s: check the URL and port") from None
+        except requests.exceptions.Timeout:
+            raise ServerUnavailable(f"{what}: no answer from {self.url} within {self.timeout:g} s") from None
+        except requests.exceptions.ConnectionError as error:
+            if _closed_without_answer(error) and url.lower().startswith("http:"):
+                raise ServerUnavailable(
+                    f"the server at {self.url} closed the connection without answering {what}: if it serves HTTPS on "
+                    "this port, use https://; otherwise it may be restarting"
+                ) from None
+            raise ServerUnavailable(
+                f"cannot connect to Jellyfin at {self.url}: check the URL and port, and that Jellyfin is running"
+            ) from None
+        except (requests.exceptions.RequestException, OSError, ValueError) as error:
+            raise ServerUnavailable(f"{what} to {self.url} failed: {_first_line(error)}") from None
+
+    def _refused(self, what: str, path: str, answer: Answer) -> SetupError:
+        """Who refused with 401/403: a proxy (its challenge or HTML page, or Jellyfin's public
+        endpoint refused too) or Jellyfin itself (then the key is wrong)."""
+        signs = proxy_signs(answer)
+        if not signs and path != PUBLIC_INFO_PATH:
+            public = self._public_answer()
+            if public is None or _is_public_info(public):
+                return KeyRejected(
+                    f"Jellyfin at {self.url} rejected the API key (HTTP {answer.status}): make a new key in "
+                    "Dashboard → API Keys and give it through JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file",
+                    path,
+                )
+            signs = (f"GET {PUBLIC_INFO_PATH}, which Jellyfin answers to anyone, got HTTP {public.status} too",)
+        return ProxyRejected(proxy_rejected_message(self.url, what, answer, signs), path)
+
+    def _public_answer(self) -> Answer | None:
+        """The answer to an unauthenticated ``GET /System/Info/Public``; None if none came."""
+        try:
+            response = self._transmit(
+                "GET", self.url + self._prefix + PUBLIC_INFO_PATH, PUBLIC_INFO_PATH,
+                headers={"Authorization": None, "X-Emby-Token": None},
+            )
+        except SetupError:
+            return None
+        except ServerUnavailable:
+            return None
+        return _answer(response)
+
+    def trace(self, path: str = PUBLIC_INFO_PATH) -> list[str]:
+        """Follow the redirects of a ``GET path`` *without* the key or token, by hand, for at
+        most :data:`TRACE_HOPS` answers: one line per answer (``"URL → HTTP 301 to URL"``),
+        ending with the first answer that is not a redirect or with the failure. For
+        ``doctor``; never raises."""
+        url = self.url + self._prefix + path
+        lines: list[str] = []
+        seen: set[str] = set()
+        for _ in range(TRACE_HOPS):
+            seen.add(url)
+            try:
+                response = self._transmit("GET", url, path, headers={"Authorization": None, "X-Emby-Token": None})
+            except (SetupError, ServerUnavailable) as error:
+                lines.append(f"{url} → {error}")
+                break
+            answer = _answer(response)
+            lines.append(f"{url} → {describe(answer)}")
+            location = answer.location
+            if not 300 <= answer.status < 400 or location is None or location in seen:
+                break
+            url = location
+        return lines
 
 
 def dashed(item_id: str) -> str:
@@ -354,3 +513,58 @@ def dashed(item_id: str) -> str:
 
 def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else error.__class__.__name__
+
+
+def _answer(response: requests.Response) -> Answer:
+    """The parts of ``response`` a diagnosis looks at (:class:`watcher.core.answers.Answer`)."""
+    headers = {name.lower(): value for name, value in response.headers.items()}
+    return Answer(response.url or "", response.status_code, headers, response.content)
+
+
+def _is_public_info(answer: Answer) -> bool:
+    """True if ``answer`` is Jellyfin's (or Emby's) ``PublicSystemInfo``: JSON with a ``Version``."""
+    if answer.status != 200 or answer.is_html:
+        return False
+    try:
+        info = json.loads(answer.body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(info, dict) and "Version" in info
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it wraps (``__cause__``, ``__context__``, urllib3's
+    ``reason``, exceptions among its ``args``), breadth first, each once."""
+    pending: list[BaseException] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        pending += [
+            item for item in (current.__cause__, current.__context__, reason, *current.args)
+            if isinstance(item, BaseException)
+        ]
+
+
+def _closed_without_answer(error: BaseException) -> bool:
+    """True if a connection was made and then closed before any answer (what a TLS port does
+    to a plain-HTTP request): ``http.client.RemoteDisconnected`` or a reset, in the chain."""
+    return any(isinstance(cause, (http.client.RemoteDisconnected, ConnectionResetError)) for cause in _causes(error))
+
+
+def _tls_failure(url: str, verify: bool | str, error: BaseException) -> str:
+    """The message for a failed TLS connection, from the ``ssl`` exception that requests and
+    urllib3 wrap (its ``verify_code`` is OpenSSL's verification result), if there is one."""
+    found: ssl.SSLError | None = None
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return tls_message(url, verify, cause.verify_code, str(cause.verify_message))
+        if isinstance(cause, ssl.SSLError) and found is None:
+            found = cause
+    if found is not None and found.reason:
+        return tls_message(url, verify, None, str(found.reason).lower().replace("_", " "))
+    return tls_message(url, verify, None, _first_line(error))

@@ -44,8 +44,11 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
 import socket
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -446,7 +449,8 @@ class JellyfinEmulator:
             changed at any time to make the client's key wrong.
         libraries: the libraries, in ``GET /Library/VirtualFolders`` order.
         base_path: Jellyfin's "Base URL" setting, e.g. ``"/jellyfin"``; only paths under it are
-            served, everything else is 404.
+            served, everything else is redirected (302) to ``<base_path>/web/`` by a relative
+            ``Location``, as Jellyfin's ``BaseUrlRedirectionMiddleware`` does.
         version: ``Version`` in ``/System/Info`` and ``/System/Info/Public``.
         users: user name → password, for ``POST /Users/AuthenticateByName``.
         scan_duration: seconds a ``POST /Library/Refresh`` scan stays ``Running`` before it
@@ -458,13 +462,18 @@ class JellyfinEmulator:
 
     def __init__(self, api_key: str = "test-key-0123456789abcdef", libraries: list[Library] | None = None,
                  base_path: str = "", version: str = "10.11.11", users: dict[str, str] | None = None,
-                 scan_duration: float = 0.0) -> None:
+                 scan_duration: float = 0.0, ssl_context: ssl.SSLContext | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.api_key = api_key
         self.libraries: list[Library] = list(libraries or [])
         self.base_path = base_path.rstrip("/")
         self.version = version
         self.users: dict[str, str] = dict(users or {})
         self.scan_duration = scan_duration
+        self.ssl_context = ssl_context
+        """Serve HTTPS with this server-side context (e.g. ``trustme``'s ``configure_cert``)."""
+        self.host = host
+        """The address to listen on: ``127.0.0.1``, or ``::1`` for IPv6."""
         self.server_id = uuid.uuid4().hex
         self.server_name = "jellyfin-emulator"
         self._spec = _load_spec()
@@ -505,13 +514,15 @@ class JellyfinEmulator:
 
     @property
     def url(self) -> str:
-        """``"http://127.0.0.1:PORT"`` + base path. Raises ``RuntimeError`` before :meth:`start`."""
+        """``"http://127.0.0.1:PORT"`` (``https``, ``[::1]`` as set) + base path. Raises ``RuntimeError`` before :meth:`start`."""
         if self._port is None:
             raise RuntimeError("JellyfinEmulator is not started")
-        return f"http://127.0.0.1:{self._port}{self.base_path}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self._port}{self.base_path}"
 
     def start(self) -> JellyfinEmulator:
-        """Listen on a free port of 127.0.0.1 and serve in a thread; return ``self``."""
+        """Listen on a free port of :attr:`host` and serve in a thread; return ``self``."""
         if self._server is not None:
             raise RuntimeError("JellyfinEmulator is already started")
         self._stopping = False
@@ -829,8 +840,9 @@ class JellyfinEmulator:
         """
         lower_method = method.lower()
         path = self._strip_base_path(raw_path)
-        if path is None:
-            return _error_reply(404), None, None, None
+        if path is None:  # BaseUrlRedirectionMiddleware: to <base URL>/web/, relative to the request
+            target = posixpath.relpath(self.base_path + "/web", posixpath.dirname(raw_path) or "/") + "/"
+            return _Reply(302, headers={"Location": target}), None, None, None
         route, path_values, status = self._route(path, lower_method)
         if status:
             return _error_reply(status), route, None, None
@@ -1277,7 +1289,16 @@ class _Server(ThreadingHTTPServer):
         self.emulator = emulator
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        if ":" in emulator.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((emulator.host, 0), _Handler)
+        if emulator.ssl_context is not None:  # each handshake runs in its connection's thread
+            self.socket = emulator.ssl_context.wrap_socket(self.socket, server_side=True,
+                                                           do_handshake_on_connect=False)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a handler (a refused TLS handshake): log, not print."""
+        logger.debug("connection from %s failed: %r", client_address, sys.exc_info()[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
@@ -1311,6 +1332,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
         # Headers and body go out in two writes; without this, Nagle's algorithm and the
         # client's delayed ACK add about 40 ms to every answer.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

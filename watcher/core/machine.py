@@ -62,7 +62,7 @@ from watcher.core.messages import (
 from watcher.core.roots import RootTracker
 from watcher.core.scope import RefreshRequest, plan
 from watcher.core.writes import WriteTracker
-from watcher.errors import ConfigError, KeyRejected, ServerUnavailable, WatcherError
+from watcher.errors import ConfigError, ServerUnavailable, SetupError, WatcherError
 from watcher.filters import IgnoreFilter
 from watcher.paths import within
 from watcher.poll import PollResult
@@ -761,7 +761,7 @@ class Core:
         message = str(failure)
         self.last_refresh = LastRefresh(now, f"failed: {message}")
         changes = self.debouncer.pending.changes if self.debouncer.pending else 0
-        if isinstance(failure, KeyRejected):
+        if isinstance(failure, SetupError):  # the key, a certificate, a redirect, a proxy: said once
             if message != self.last_error:
                 actions.append(error(f"{message}; keeping {changes} changes and watching on"))
         elif isinstance(failure, ServerUnavailable):

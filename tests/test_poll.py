@@ -6,7 +6,7 @@ child, as in the daemon). The end-to-end tests run ``jellyfin-watcher run`` on a
 ``bindfs -f SOURCE MOUNT`` mount with ``watch.network_fstypes = ["fuse"]``: files written
 into SOURCE are changes made "on the server" — like another client of an NFS share, they
 reach the mount without a single inotify event on it — so only polling finds them. The
-FUSE daemon can be SIGSTOPped to make the share hang (FACTS.md, "psutil and mounts").
+FUSE daemon can be SIGSTOPped to make the share hang (every access then blocks, as on a hung NFS server).
 
 Nothing sleeps for correctness. Waits are on conditions with a deadline; the one negative
 window (no refresh while the share is unmounted) opens when the daemon has stopped polling it

@@ -25,6 +25,7 @@ from typing import Any
 import platformdirs
 
 from watcher.errors import ConfigError
+from watcher.paths import within
 
 logger = logging.getLogger(__name__)
 
@@ -256,18 +257,13 @@ class Config:
 
     def is_mapped(self, jellyfin_path: str) -> bool:
         """Whether some ``path_map`` entry covers ``jellyfin_path``."""
-        return any(_within(jellyfin_path, m.jellyfin) for m in self.path_map)
-
-
-def _within(path: str, folder: str) -> bool:
-    path = path.rstrip("/") or "/"
-    return folder == "/" or path == folder or path.startswith(folder + "/")
+        return any(within(jellyfin_path, m.jellyfin) for m in self.path_map)
 
 
 def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
     """Replace the longest matching ``from`` prefix of ``path`` with its ``to``."""
     normal = os.path.normpath(path) if path else path
-    best = max((pair for pair in pairs if _within(normal, pair[0])), key=lambda pair: len(pair[0]), default=None)
+    best = max((pair for pair in pairs if within(normal, pair[0])), key=lambda pair: len(pair[0]), default=None)
     if best is None:
         return normal
     rest = normal[len(best[0]) :].lstrip("/") if best[0] != "/" else normal.lstrip("/")

@@ -349,8 +349,8 @@ class MountMonitor:
     """Puts :class:`MountsChanged` on the queue whenever the mount table changes.
 
     ``/proc/self/mountinfo`` signals ``POLLPRI | POLLERR`` on every mount, umount, bind,
-    remount and lazy umount in this mount namespace, and not otherwise (FACTS.md, "psutil
-    and mounts"); it stays silent for a hung server. Linux only: elsewhere :meth:`start`
+    remount and lazy umount in this mount namespace, and not otherwise (proc(5),
+    ``/proc/[pid]/mountinfo``: "changes ... are signalled with POLLPRI"); it stays silent for a hung server. Linux only: elsewhere :meth:`start`
     does nothing and the periodic health check is the only source. The thread blocks in
     ``poll()`` with no timeout and is woken for stopping through a pipe.
     """

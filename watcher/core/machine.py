@@ -51,7 +51,6 @@ from watcher.core.messages import (
     Unwatch,
     Verified,
     Verify,
-    Watch,
     Watched,
     WritesChecked,
     debug,

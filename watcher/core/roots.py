@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.config import Config, Root
-from watcher.core.messages import Action, DropEvents, Unwatch, Verify, Watch, debug, error, info, warning
+from watcher.core.messages import (
+    Action,
+    DropEvents,
+    Unwatch,
+    Watch,
+    debug,
+    error,
+    info,
+    warning,
+)
 from watcher.health import Health, State
 from watcher.poll import PollResult
 from watcher.verify import Coverage

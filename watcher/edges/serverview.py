@@ -131,21 +131,28 @@ def compare_views(
 ) -> tuple[Comparison, ...]:
     """List every target on both sides and compare (:func:`watcher.core.serverview.compare`).
 
-    Requests: one ``GET /Environment/DirectoryContents`` per target whose local listing worked,
-    none after one that got no answer. Raises JellyfinError (see :func:`server_listing`).
+    This machine's listing runs in its child process while Jellyfin is asked. Requests: one
+    ``GET /Environment/DirectoryContents`` per target, none after one that got no answer.
+    Raises JellyfinError (see :func:`server_listing`).
     """
     changed = tuple(changed_folders)
-    locals_ = local_listings([target.local for target in targets], in_flight, timeout, stop)
-    results = []
-    stuck = False
-    for target, local in zip(targets, locals_):
-        if stuck or local.kind is not Kind.LISTED or (stop is not None and stop.is_set()):
-            server = Listing(Kind.NOT_ASKED)
-        else:
-            server = server_listing(client, target.jellyfin, timeout)
-            stuck = server.kind is Kind.UNRESPONSIVE
-        results.append(compare(target, server, local, changed, ignored, in_flight))
-    return tuple(results)
+    here: list[Listing] = []
+    lister = threading.Thread(
+        target=lambda: here.extend(local_listings([target.local for target in targets], in_flight, timeout, stop)),
+        name="list-roots", daemon=True)
+    lister.start()
+    servers: list[Listing] = []
+    try:
+        for target in targets:
+            stuck = any(server.kind is Kind.UNRESPONSIVE for server in servers)
+            if stuck or (stop is not None and stop.is_set()):
+                servers.append(Listing(Kind.NOT_ASKED))
+            else:
+                servers.append(server_listing(client, target.jellyfin, timeout))
+    finally:
+        lister.join()  # run_child returns within its deadline
+    return tuple(compare(target, server, local, changed, ignored, in_flight)
+                 for target, server, local in zip(targets, servers, here))
 
 
 def check_roots(

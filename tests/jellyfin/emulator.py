@@ -1458,7 +1458,8 @@ class JellyfinEmulator:
             except OSError:
                 is_directory = False
             if (is_directory and include_directories) or (not is_directory and include_files):
-                listed.append({"Name": entry.name, "Path": os.path.join(path, entry.name),
+                name = os.fsencode(entry.name).decode("utf-8", "replace")  # as .NET decodes file names
+                listed.append({"Name": name, "Path": os.path.join(path, name),
                                "Type": "Directory" if is_directory else "File"})
         return _Reply(200, sorted(listed, key=lambda entry: entry["Path"]))
 

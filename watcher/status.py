@@ -122,8 +122,8 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     if backup:
         lines.append(
             f"last backup: {backup.get('archive', '?')} ({', '.join(backup.get('holds') or []) or '?'}) at "
-            f"{_clock(backup.get('time'))}, before removing {backup.get('removals', '?')} items; restore with "
-            "Dashboard → Backups, or POST /Backup/Restore"
+            f"{_clock(backup.get('time'))}, before removing {backup.get('removals', '?')} items "
+            "(restore: POST /Backup/Restore, or start Jellyfin with --restore-archive)"
         )
     lines.append(f"daemon: pid {status.get('pid')}, status written {_clock(status.get('updated'))}")
     return "\n".join(lines)

@@ -79,9 +79,7 @@ class Protections:
         else:
             exposes.append("a sub-folder it cannot list loses its items")
         if self.backups:
-            protects.append("backups before removals")
-        else:
-            exposes.append("no backups (10.11+)")
+            protects.append("offers backups")
         exposes.append("nothing protects a disk or share mounted below a library folder")
         return protects, exposes
 

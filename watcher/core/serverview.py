@@ -2,8 +2,8 @@
 
 Every local check sees storage from the watcher's side. Jellyfin often sees it from somewhere
 else: its own container, where a disk the host mounted after the container started stays an
-empty folder unless the volume has ``rslave`` propagation, or another host that mounts the NAS
-itself. A refresh can then pass every local check and still make Jellyfin scan empty folders.
+empty folder unless the volume has ``rslave`` propagation (mount_namespaces(7), "shared
+subtrees"; Docker's ``bind-propagation`` option), or another host that mounts the NAS itself. A refresh can then pass every local check and still make Jellyfin scan empty folders.
 So before a refresh, each root and each mount point below it is listed on both sides — here in
 a child process, in Jellyfin through ``GET /Environment/DirectoryContents`` (Jellyfin.Api
 ``EnvironmentController.GetDirectoryContents``: 404 for a folder it cannot find) — and compared

@@ -568,7 +568,9 @@ DISK = Target("/mnt/media/disk", "/data/disk", "/mnt/media", mount_point=True)
      "Jellyfin did not list /data/movies within 15 s while this machine lists /mnt/media/movies (1 entry)")),
     (ROOT, Listing(Kind.FAILED, detail="HTTP 500"), listed("a"), (), Verdict.HOLD, (
      "Jellyfin cannot list /data/movies (HTTP 500) while this machine lists /mnt/media/movies (1 entry)")),
-    (ROOT, listed(), Listing(Kind.UNRESPONSIVE), (), Verdict.NOT_COMPARED, ""),
+    (DISK, listed(), Listing(Kind.UNRESPONSIVE, detail="15 s"), (), Verdict.UNRESPONSIVE,
+     "this machine did not list /mnt/media/disk within 15 s: a hung mount here?"),
+    (ROOT, listed("a"), Listing(Kind.MISSING), (), Verdict.NOT_COMPARED, ""),
     (ROOT, Listing(Kind.NOT_ASKED), listed("a"), (), Verdict.NOT_COMPARED, ""),
 ])
 def test_compare(target: Target, server: Listing, local: Listing, changed: tuple[str, ...], verdict: Verdict,

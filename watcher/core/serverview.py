@@ -13,7 +13,8 @@ by entry name:
 * Jellyfin lacks entries this machine has, beyond changes in flight: held (a scan would remove
   their items). Entries Jellyfin has and this machine lacks remove nothing and are let through,
   unless the two folders have no entry in common at all (a wrong ``[[path_map]]``);
-* Jellyfin did not answer in time (stuck on a hung mount itself): held as unresponsive.
+* Jellyfin did not answer in time (stuck on a hung mount itself), or this machine's listing did
+  not (a hung share mounted below a root, which the mount table still lists): held as unresponsive.
 
 "In flight" means an entry modified here within ``in_flight`` seconds (the listing child reports
 those; a copy that keeps an old modification time is not in flight and may hold the refresh until
@@ -111,7 +112,8 @@ class Verdict(enum.StrEnum):
     HOLD = "hold"
     UNRESPONSIVE = "unresponsive"
     NOT_COMPARED = "not compared"
-    """This machine could not list its side (the health gate judges that), or Jellyfin was not asked."""
+    """This machine found its side missing or unreadable (the health gate judges that), or
+    Jellyfin was not asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,9 @@ def compare(
     """The verdict on one folder (see the module docstring). ``ignored``: entry names left out on
     both sides. ``in_flight_seconds``: the window ``local.recent`` was taken with, for the reason."""
     jellyfin, here = target.jellyfin, target.local
+    if local.kind is Kind.UNRESPONSIVE:  # e.g. a hung share mounted below a healthy root
+        return Comparison(target, server, local, Verdict.UNRESPONSIVE, (
+            f"this machine did not list {here} within {local.detail or 'the deadline'}: a hung mount here?"))
     if local.kind is not Kind.LISTED or server.kind is Kind.NOT_ASKED:
         return Comparison(target, server, local, Verdict.NOT_COMPARED)
     local_names = frozenset(name for name in local.names if not ignored(name))

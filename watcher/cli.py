@@ -34,8 +34,13 @@ from watcher.config import (
     default_config_file,
     load,
 )
+from watcher.core.protections import backup_due
+from watcher.core.serverview import Comparison
+from watcher.core.serverview import reasons as view_reasons
 from watcher.debounce import Batch
 from watcher.doctor import doctor as run_doctor
+from watcher.edges.backup import BackupUnavailable, create_backup
+from watcher.edges.serverview import check_roots
 from watcher.errors import ConfigError, JellyfinError
 from watcher.guard import Limits, Prediction
 from watcher.guard import predict as predict_removals
@@ -296,9 +301,24 @@ def _check(config: Config, predict: bool = False, relearn: bool = False) -> int:
     results = _probe(config, roots)
     if relearn:
         _learn_mounts(config, [health for health in results if health.healthy])
+    views: dict[str, list[Comparison]] = {}
+    viewer = client if client is not None else _viewer(config)
+    unviewed: JellyfinError | None = None
+    if viewer is not None and config.server_view:
+        try:
+            for comparison in check_roots(viewer, config, results):
+                views.setdefault(comparison.target.root, []).append(comparison)
+        except JellyfinError as error:
+            unviewed = error
     for health in results:
-        print(_check_line(health, config))
+        shown = views.get(str(health.root.path), [])
+        print("; ".join([_check_line(health, config), *(comparison.describe() for comparison in shown)]))
     code = EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
+    if any(comparison.holds for shown in views.values() for comparison in shown):
+        code = EXIT_UNHEALTHY
+    if unviewed is not None:
+        _print_error(JellyfinError(f"Jellyfin's view of the roots not checked: {unviewed}"))
+        return EXIT_SERVER
     if predict and client is not None:
         for prediction in _predictions(config, client, client.libraries()):
             count, share = config.limits_for(prediction.library.name)
@@ -311,6 +331,30 @@ def _check(config: Config, predict: bool = False, relearn: bool = False) -> int:
             if verdict == "refused":
                 code = EXIT_UNHEALTHY
     return code
+
+
+def _viewer(config: Config) -> JellyfinClient | None:
+    """A client for Jellyfin's view of the roots, when a URL and a credential are configured."""
+    configured = config.url is not None and (config.api_key is not None or config.username is not None)
+    return _client(config, "to list the roots") if configured and config.server_view and not config.dry_run else None
+
+
+def _backup(config: Config, client: JellyfinClient, predicted: int) -> int | None:
+    """A backup before a refresh that removes items: None to go on, or the exit code."""
+    why = f"before removing {predicted} item{'s' if predicted != 1 else ''}" if predicted else "before a confirmed clean-up"
+    try:
+        archive = create_backup(client, config.backup_contents, config.backup_timeout, config.server)
+    except BackupUnavailable as error:
+        print(f"no backup {why}: {error}; the loss guard alone applies")
+        return None
+    except JellyfinError as error:
+        if config.backup_hold_on_failure:
+            print(f"refresh held: the backup {why} failed: {error} (backup.hold_on_failure = false refreshes without one)")
+            return EXIT_UNHEALTHY
+        print(f"backup {why} failed: {error}; refreshing without one (backup.hold_on_failure = false)")
+        return None
+    print(f"backup written {why}: {archive.describe()}")
+    return None
 
 
 def _predictions(config: Config, client: JellyfinClient, libraries: Sequence[Library]) -> list[Prediction]:
@@ -356,6 +400,14 @@ def _refresh(config: Config, allow_removals: int = 0) -> int:
         return EXIT_UNHEALTHY
     library_of = {str(root.path): root.library_id for root in roots}
     blocked_libraries = {library_of[key] for key in blocked}
+    if client is not None and config.server_view:
+        in_scope = [health for health in results if library_of[str(health.root.path)] not in blocked_libraries]
+        held = view_reasons(check_roots(client, config, in_scope))
+        for reason in held:
+            print(f"refresh held: {reason}")
+        if held:
+            return EXIT_UNHEALTHY
+    predicted = 0
     if client is not None and config.guard:
         refused = False
         wanted = {library_of[key] for key in library_of if key not in blocked}
@@ -373,8 +425,13 @@ def _refresh(config: Config, allow_removals: int = 0) -> int:
                 refused = True
             elif prediction.missing and prediction.missing <= allow_removals:
                 print(f"removals allowed: {prediction.describe()}")
+            predicted += prediction.missing
         if refused:
             return EXIT_UNHEALTHY
+    if client is not None and config.backup and backup_due(predicted, allow_removals, config.backup_min_removals):
+        stopped = _backup(config, client, predicted)
+        if stopped is not None:
+            return stopped
     _learn_mounts(config, [health for health in results if health.healthy])
     suppressed = False
     for request in requests:

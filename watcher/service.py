@@ -26,12 +26,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from watcher import status as status_file
 from watcher.config import Config, Root
+from watcher.core.protections import backup_due
+from watcher.core.serverview import reasons
 from watcher.debounce import Batch, Debouncer
+from watcher.edges.backup import BackupUnavailable, create_backup
+from watcher.edges.serverview import check_roots
 from watcher.errors import ConfigError, JellyfinError, ServerUnavailable, SetupError
 from watcher.filters import IgnoreFilter
 from watcher.guard import Limits, predict
@@ -167,6 +172,13 @@ class Service:
         self._next_libraries = float("inf")
         self._held: str = ""
         self._refused: str = ""
+        self._view_held = ""
+        """Why Jellyfin's view of the roots holds the batch ("" when it agrees)."""
+        self._backup_held = ""
+        """Why a failed backup holds the batch ("" when none did)."""
+        self._backed_up = 0
+        """Removals the last backup covered, for retries of the same batch (0: none yet)."""
+        self._last_backup: dict[str, Any] | None = None
         self._waiting_for_poll = False
         self._waiting_for_scan = False
         self._last_error = ""
@@ -563,13 +575,29 @@ class Service:
                 self._failed(error, batch)
                 return
             self._waiting_for_scan = False
+        if client is not None and self.config.server_view:
+            asked = True
+            try:
+                held = self._call(lambda: self._check_views(client, batch, ready_roots))
+            except JellyfinError as error:
+                self._failed(error, batch)
+                return
+            if held:
+                if held != self._view_held:
+                    logger.warning("refresh held: %s; keeping %d changes", held, batch.changes)
+                    self._view_held = held
+                self._retry_at = now + SUPPRESSED_RECHECK
+                return
+            if self._view_held:
+                logger.info("Jellyfin's view of the roots agrees with this machine's again: refreshing")
+                self._view_held = ""
         # A root whose health gate is off may be refreshed while unhealthy (a disk below it
         # gone): a scan can then remove items whatever the batch holds.
         ungated = any(not r.root.health_gate and r.health is not None and not r.health.healthy for r in self._records.values())
         if client is not None and self.config.guard and (batch.removals or ungated):
             asked = True
             try:
-                refusal = self._call(lambda: self._predict(client, ready_roots))
+                refusal, removals = self._call(partial(self._predict, client, ready_roots))
             except JellyfinError as error:
                 self._failed(error, batch)
                 return
@@ -582,6 +610,9 @@ class Service:
             if self._refused:
                 logger.info("the loss guard no longer objects: refreshing")
                 self._refused = ""
+            if self.config.backup and backup_due(removals, 0, self.config.backup_min_removals) and removals > self._backed_up:
+                if not self._back_up(client, removals, now):
+                    return
         if asked:
             # Jellyfin's answers above may each take up to jellyfin.timeout: probe again right
             # before the refresh, so that storage gone in the meantime still holds it back.
@@ -629,17 +660,61 @@ class Service:
             self._held = held
         self._retry_at = now + SUPPRESSED_RECHECK
 
-    def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> str:
+    def _check_views(self, client: JellyfinClient, batch: Batch, ready_roots: frozenset[str]) -> str:
+        """Compare Jellyfin's view with this machine's for the roots a refresh of ``ready_roots``
+        would scan; returns why the refresh must wait ("" when the views agree)."""
+        records = list(self._records.values())
+        if self.config.scope != "server":
+            libraries = {self._records[key].root.library_id for key in ready_roots if key in self._records}
+            if None not in libraries:
+                records = [record for record in records if record.root.library_id in libraries]
+        healths = [record.health for record in records if record.health is not None]
+        comparisons = check_roots(client, self.config, healths, batch.folders, self._stop)
+        for comparison in comparisons:
+            logger.debug("%s: %s", comparison.target.local, comparison.describe())
+        return "; ".join(reasons(comparisons))
+
+    def _back_up(self, client: JellyfinClient, removals: int, now: float) -> bool:
+        """Ask Jellyfin for a backup before removing ``removals`` items; False when the refresh
+        must wait (the backup failed and ``backup.hold_on_failure`` is set)."""
+        try:
+            archive = self._call(lambda: create_backup(
+                client, self.config.backup_contents, self.config.backup_timeout, self.config.server))
+        except BackupUnavailable as error:
+            logger.info("no backup before removing %d items: %s; the loss guard alone applies", removals, error)
+            self._backed_up = removals
+            return True
+        except JellyfinError as error:
+            message = f"the backup before removing {removals} items failed: {error}"
+            if not self.config.backup_hold_on_failure:
+                logger.warning("%s; refreshing without one (backup.hold_on_failure = false)", message)
+                return True
+            if message != self._backup_held:
+                logger.error("refresh held: %s; keeping the changes (backup.hold_on_failure = false refreshes "
+                             "without one)", message)
+                self._backup_held = message
+            self._retry_at = now + GUARD_RECHECK
+            return False
+        self._backed_up = removals
+        self._backup_held = ""
+        self._last_backup = {"archive": archive.name, "path": archive.path, "holds": list(archive.holds),
+                             "version": archive.version, "time": time.time(), "removals": removals}
+        logger.info("backup written before removing %d items: %s", removals, archive.describe())
+        return True
+
+    def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> tuple[str, int]:
         """Run the loss guard for the libraries a refresh of ``roots`` would scan; returns
-        the refusal ("" when the refresh may go ahead)."""
+        the refusal ("" when the refresh may go ahead) and the items predicted to go."""
         libraries = client.libraries()
         wanted = {self._records[key].root.library_id for key in roots if key in self._records}
         if self.config.scope != "server" and None not in wanted:
             libraries = [library for library in libraries if library.item_id in wanted]
         refusals = []
+        removals = 0
         timeout = self.config.guard_timeout
         for library in libraries:
             prediction = predict(client, library, lambda path: str(self.config.map_path(path)), timeout, self._stop)
+            removals += prediction.missing
             logger.debug("loss guard: %s (%d pages)", prediction.describe(), prediction.pages)
             count, share = self.config.limits_for(library.name)
             if prediction.refused(Limits(count, share)):
@@ -647,7 +722,7 @@ class Service:
                     f" (if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing})"
                 )
                 refusals.append(prediction.describe() + hint)
-        return "; ".join(refusals)
+        return "; ".join(refusals), removals
 
     def _gate(self, batch: Batch, now: float) -> tuple[frozenset[str], list[str]]:
         """Which of the batch's roots may be refreshed now, and why the others may not.
@@ -675,6 +750,8 @@ class Service:
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        self._backed_up = 0
+        self._backup_held = self._view_held = ""
         self._last_refresh = _LastRefresh(time.time(), result)
         self._save()
 
@@ -820,7 +897,8 @@ class Service:
         """Write the status file and send STATUS= when the state changed (a change of the
         pending count alone is written at most every few seconds)."""
         batch = self._debouncer.pending
-        held = self._held or self._refused or (self._last_error if batch is not None and self._last_error else "")
+        held = self._held or self._refused or self._view_held or self._backup_held or (
+            self._last_error if batch is not None and self._last_error else "")
         roots = []
         for record in self._records.values():
             health = record.health
@@ -855,6 +933,7 @@ class Service:
             None if batch is None else (batch.roots, held, batch.first_change),
             None if last is None else (last["time"], last["result"]),
             self._stop.is_set(),
+            None if self._last_backup is None else self._last_backup["time"],
         )
         changes = None if batch is None else batch.changes
         count_due = changes != self._published.changes and now - self._published.written_at >= STATUS_COUNT_INTERVAL
@@ -870,6 +949,7 @@ class Service:
             "roots": roots,
             "pending": pending,
             "last_refresh": last,
+            "last_backup": self._last_backup,
         }
         try:
             status_file.write(self.config.state_dir, document)

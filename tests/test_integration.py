@@ -237,6 +237,7 @@ def docker_layout(tmp_path: Path, jellyfin: JellyfinEmulator) -> tuple[Path, Pat
     movie(shows_here, "Old Show (2001)")
     movies, shows = Library("Movies", ["/data/movies"]), Library("Shows", ["/data/shows"])
     jellyfin.libraries = [movies, shows]
+    jellyfin.server_paths["/data"] = str(tmp_path / "host")  # the container's volume
     return movies_here, shows_here, movies, shows
 
 

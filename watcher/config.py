@@ -75,6 +75,18 @@ SCOPES = ("server", "library", "path")
 GATES = ("all", "library")
 SERVERS = ("jellyfin", "emby")
 DEFAULT_LOG_LEVEL = "info"
+DEFAULT_SERVER_VIEW_TIMEOUT = 15.0
+"""Seconds Jellyfin may take to list one folder (``GET /Environment/DirectoryContents``) before it
+counts as unresponsive; the same bound holds for this machine's listing of the folder."""
+DEFAULT_IN_FLIGHT = 60.0
+"""Seconds during which a new entry here may still be missing from Jellyfin's view (a copy in flight)."""
+DEFAULT_BACKUP_MIN_REMOVALS = 10
+"""A refresh predicted to remove at least this many items is preceded by a Jellyfin backup."""
+DEFAULT_BACKUP_TIMEOUT = 1800.0
+"""Seconds ``POST /Backup/Create`` may take: Jellyfin answers only once the archive is written."""
+BACKUP_CONTENTS = ("database", "metadata", "trickplay", "subtitles")
+"""Keys of ``[backup]`` naming what an archive holds (``BackupOptionsDto``: Database, Metadata,
+Trickplay, Subtitles)."""
 LOG_FORMATS = ("text", "json")
 SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
 CREDENTIAL_NAME = "jellyfin-api-key"
@@ -216,6 +228,19 @@ class Config:
     guard_when: str = "always"
     """``always``: predict before every refresh; ``removals``: only after a deletion, a
     move or an unmount (cheaper, blind to media vanishing without an event)."""
+    server_view: bool = True
+    """Before each refresh, list each root (and each mount point below it) as Jellyfin sees it
+    and hold the refresh when Jellyfin's view is missing, empty or disagrees (``[server_view]``)."""
+    server_view_timeout: float = DEFAULT_SERVER_VIEW_TIMEOUT
+    server_view_in_flight: float = DEFAULT_IN_FLIGHT
+    backup: bool = True
+    """Ask Jellyfin (10.11+) for a backup before a refresh that removes items (``[backup]``)."""
+    backup_min_removals: int = DEFAULT_BACKUP_MIN_REMOVALS
+    backup_timeout: float = DEFAULT_BACKUP_TIMEOUT
+    backup_contents: tuple[str, ...] = ("database",)
+    """What the archive holds: names from :data:`BACKUP_CONTENTS`."""
+    backup_hold_on_failure: bool = True
+    """A failed backup holds the refresh (False: log it and refresh without one)."""
     roots: tuple[Root, ...] = ()
     quiet_period: float = DEFAULT_QUIET_PERIOD
     max_wait: float = DEFAULT_MAX_WAIT
@@ -272,7 +297,12 @@ def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
 
 # --- Schema of the TOML file -------------------------------------------------------------
 
-_TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map"}
+_TOP_KEYS = {
+    "state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map",
+    "server_view", "backup",
+}
+_SERVER_VIEW_KEYS = {"enabled", "timeout", "in_flight"}
+_BACKUP_KEYS = {"enabled", "min_removals", "timeout", "hold_on_failure", *BACKUP_CONTENTS}
 _GUARD_KEYS = {"enabled", "when", "max_removals", "max_share", "timeout", "libraries"}
 GUARD_WHEN = ("always", "removals")
 _LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
@@ -360,6 +390,10 @@ def load(
     _check_keys(jellyfin, _JELLYFIN_KEYS, where, "jellyfin.")
     _check_keys(refresh, _REFRESH_KEYS, where, "refresh.")
     _check_keys(watch, _WATCH_KEYS, where, "watch.")
+    server_view = _table(data, "server_view", where)
+    backup = _table(data, "backup", where)
+    _check_keys(server_view, _SERVER_VIEW_KEYS, where, "server_view.")
+    _check_keys(backup, _BACKUP_KEYS, where, "backup.")
 
     sources: dict[str, str] = {}
 
@@ -490,6 +524,16 @@ def load(
         library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),
         guard_timeout=_seconds(guard.get("timeout", 60.0), f"{where}: guard.timeout", 0.1),
         guard_when=choice(guard, "guard", "when", GUARD_WHEN),
+        # Emby: its folder listing is untested here, so the check is off unless asked for.
+        server_view=_bool(server_view.get("enabled", server != "emby"), f"{where}: server_view.enabled"),
+        server_view_timeout=_seconds(server_view.get("timeout", DEFAULT_SERVER_VIEW_TIMEOUT),
+                                     f"{where}: server_view.timeout", 0.1),
+        server_view_in_flight=_seconds(server_view.get("in_flight", DEFAULT_IN_FLIGHT), f"{where}: server_view.in_flight", 0.0),
+        backup=_bool(backup.get("enabled", True), f"{where}: backup.enabled"),
+        backup_min_removals=_count(backup.get("min_removals", DEFAULT_BACKUP_MIN_REMOVALS), f"{where}: backup.min_removals"),
+        backup_timeout=_seconds(backup.get("timeout", DEFAULT_BACKUP_TIMEOUT), f"{where}: backup.timeout", 1.0),
+        backup_contents=_backup_contents(backup, where),
+        backup_hold_on_failure=_bool(backup.get("hold_on_failure", True), f"{where}: backup.hold_on_failure"),
         roots=roots,
         quiet_period=quiet_period,
         max_wait=max_wait,
@@ -680,6 +724,17 @@ def _library_limits(table: Any, where: str, count: int, share: float) -> tuple[t
             )
         )
     return tuple(limits)
+
+
+def _backup_contents(table: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """What a backup archive holds: ``backup.database`` (default true) and ``backup.metadata``,
+    ``backup.trickplay``, ``backup.subtitles`` (default false)."""
+    chosen = tuple(
+        name for name in BACKUP_CONTENTS if _bool(table.get(name, name == "database"), f"{where}: backup.{name}")
+    )
+    if not chosen:
+        raise ConfigError(f"{where}: backup: every part is false; keep backup.database = true, or set backup.enabled = false")
+    return chosen
 
 
 def _path_map(entries: Any, where: str) -> tuple[PathMapping, ...]:

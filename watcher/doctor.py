@@ -11,8 +11,20 @@ Dashboard):
 5. the "Scan Media Library" task (``Key == "RefreshLibrary"``) without triggers: by default
    it scans every 12 hours, without our checks.
 
+Then, for Jellyfin (not Emby):
+
+6. the server version and which of Jellyfin's own protections apply to it
+   (:mod:`watcher.core.protections`); a server older than 10.9 is warned about: it has no
+   top-level folder guard at all;
+7. backups available (10.11+, ``GET /Backup``): the watcher asks for one before a refresh that
+   removes items; on older servers the loss guard works alone;
+8. "Clean up collections and playlists" (``Key == "CleanCollectionsAndPlaylists"``, 10.9 to
+   10.11) without a start-up trigger: at every start it drops collection and playlist entries
+   whose files are missing at that moment, so a NAS mounted after Jellyfin starts empties them.
+
 ``--fix`` turns 4 and 5 off through the API (``POST /Library/VirtualFolders/LibraryOptions``,
-``POST /ScheduledTasks/{taskId}/Triggers`` with ``[]``) and prints exactly what it changed.
+``POST /ScheduledTasks/{taskId}/Triggers`` with ``[]``), removes the start-up trigger of 8
+(keeping its other triggers) and prints exactly what it changed.
 
 When a redirect, a proxy's refusal or a page that is not JSON stands in the way, ``doctor``
 shows what answers that path, hop by hop (asked without the key, redirects followed by hand;
@@ -22,15 +34,19 @@ Exit codes: 0 all good, 1 warnings remain, 3 unreachable or rejected.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from watcher.config import Config, Root
-from watcher.errors import JellyfinError, ProxyRejected, Redirected, UnexpectedAnswer
+from watcher.core.protections import Protections, parse_version
+from watcher.errors import JellyfinError, ProxyRejected, Redirected, RequestRejected, ServerUnavailable, UnexpectedAnswer
 from watcher.health import probe_roots
 from watcher.jellyfin import JellyfinClient, Library
 
 TICKS_PER_SECOND = 10_000_000
+CLEANUP_TASK_KEY = "CleanCollectionsAndPlaylists"
+""""Clean up collections and playlists" (``CleanupCollectionAndPlaylistPathsTask.Key``)."""
 
 
 def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str], None] = print) -> int:
@@ -56,6 +72,12 @@ def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str
     try:
         warnings += _check_monitors(client, libraries, fix, say)
         warnings += _check_schedule(client, task, fix, say)
+        if config.server != "emby":
+            protections = _check_version(str(public.get("Version") or ""), say)
+            warnings += _check_backups(client, config, protections, say)
+            warnings += _check_cleanup_task(client, fix, say)
+        else:
+            say("- Emby: Jellyfin's version rules, backups and its start-up clean-up task are not checked")
     except JellyfinError as error:
         say(f"✗ {error}")
         return 3
@@ -138,6 +160,65 @@ def _check_schedule(client: JellyfinClient, task: dict[str, Any] | None, fix: bo
         f"! the \"{task.get('Name', 'Scan Media Library')}\" task runs {described}, without the watcher's checks. "
         "Fix: Dashboard → Scheduled Tasks → Scan Media Library → delete its triggers"
     )
+    return 1
+
+
+def _check_version(version: str, say: Callable[[str], None]) -> Protections | None:
+    """Say what this Jellyfin version protects and what it leaves exposed; warn before 10.9."""
+    parsed = parse_version(version)
+    if parsed is None:
+        say(f"? cannot read Jellyfin's version ({version!r}): its own protections are unknown")
+        return None
+    protections = Protections(parsed)
+    protects, exposes = protections.described()
+    if not protections.top_level_guard:
+        say(f"! Jellyfin {version} is older than 10.9: it has no top-level folder guard at all, so a scan "
+            "while a library folder is missing or empty removes every item in it. Fix: upgrade Jellyfin "
+            "(the watcher's checks are all that protects this server)")
+    else:
+        say(f"✓ Jellyfin {version} itself {'; '.join(protects)}")
+    say(f"- on Jellyfin {version}, only the watcher guards against: {'; '.join(exposes)}")
+    return protections
+
+
+def _check_backups(client: JellyfinClient, config: Config, protections: Protections | None,
+                   say: Callable[[str], None]) -> int:
+    """Backups (10.11+): available, and what the watcher does with them. Never a warning."""
+    if protections is not None and not protections.backups:
+        say("- backups are unavailable on this Jellyfin (10.11 or later): the loss guard works as before, "
+            "without a backup before removals")
+        return 0
+    archives = client.backups()
+    latest = max((str(archive.get("Path") or "") for archive in archives), default="")
+    held = f"{len(archives)} archive{'s' if len(archives) != 1 else ''} in Jellyfin's backup folder" + (
+        f", the latest {posixpath.basename(latest)}" if latest else "")
+    if not config.backup:
+        say(f"- backups are available but backup.enabled = false: no backup before removals ({held})")
+        return 0
+    say(f"✓ backups are available: one ({', '.join(config.backup_contents)}) is made before a refresh that "
+        f"removes {max(1, config.backup_min_removals)} items or more, and before refresh --allow-removals ({held})")
+    return 0
+
+
+def _check_cleanup_task(client: JellyfinClient, fix: bool, say: Callable[[str], None]) -> int:
+    """The start-up trigger of "Clean up collections and playlists": warn, or remove it with ``fix``."""
+    task = next((task for task in client.scheduled_tasks() if task.get("Key") == CLEANUP_TASK_KEY), None)
+    if task is None:
+        say("✓ no \"Clean up collections and playlists\" task (Jellyfin 12.0 removed it)")
+        return 0
+    name = task.get("Name") or "Clean up collections and playlists"
+    triggers = [trigger for trigger in task.get("Triggers") or [] if isinstance(trigger, dict)]
+    kept = [trigger for trigger in triggers if trigger.get("Type") != "StartupTrigger"]
+    if len(kept) == len(triggers):
+        say(f"✓ the \"{name}\" task does not run at start-up")
+        return 0
+    if fix:
+        client.set_triggers(str(task["Id"]), kept)
+        say(f"changed: \"{name}\" task: removed its start-up trigger")
+        return 0
+    say(f"! the \"{name}\" task runs at every start of Jellyfin and drops collection and playlist entries whose "
+        "files are missing at that moment: a share mounted after Jellyfin starts empties them. Fix: Dashboard → "
+        f"Scheduled Tasks → {name} → delete its start-up trigger (or jellyfin-watcher doctor --fix)")
     return 1
 
 

@@ -18,6 +18,8 @@ Endpoints (Jellyfin 10.11 OpenAPI spec; FACTS.md "Jellyfin server API"):
   used by ``doctor --fix``.
 * ``POST /Users/AuthenticateByName``: log in with a user name and password; the header
   must carry ``Client``, ``Device``, ``DeviceId`` and ``Version`` or the server answers 400.
+* ``GET /Environment/DirectoryContents``: a folder as Jellyfin sees it (the server's view).
+* ``POST /Backup/Create``, ``GET /Backup`` (10.11+): a backup before removals.
 
 Authentication is the header ``Authorization: MediaBrowser Token="…", Client=…, Version=…``,
 the only form Jellyfin 12.0 still accepts. Emby (``server = "emby"``) serves the same
@@ -42,10 +44,12 @@ The way to Jellyfin (see :mod:`watcher.core.answers` for the rules):
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import uuid
@@ -76,6 +80,7 @@ from watcher.core.answers import (
 )
 from watcher.errors import (
     ConfigError,
+    JellyfinError,
     KeyRejected,
     ProxyRejected,
     Redirected,
@@ -296,6 +301,46 @@ class JellyfinClient:
         """``POST /ScheduledTasks/{taskId}/Triggers``: replace a task's triggers (``[]``: none)."""
         self._request("POST", f"/ScheduledTasks/{task_id}/Triggers", json=triggers)
 
+    def with_timeout(self, timeout: float) -> JellyfinClient:
+        """This client with another per-request ``timeout`` (seconds), sharing its session, token
+        and login: a listing that must answer quickly, a backup that may take minutes."""
+        other = copy.copy(self)
+        other.timeout = timeout
+        return other
+
+    def directory_contents(self, path: str) -> list[dict[str, Any]]:
+        """``GET /Environment/DirectoryContents`` (administrator): the files and folders in
+        ``path`` as Jellyfin sees it, each a ``FileSystemEntryInfo`` (``Name``, ``Path``, ``Type``).
+
+        Jellyfin answers 404 for a folder it cannot find (``DirectoryNotFoundException`` in
+        ``Jellyfin.Api/Middleware/ExceptionMiddleware.cs``), an empty list for one it may not
+        read (``EnumerationOptions.IgnoreInaccessible``) and 500 for another I/O error
+        (``EnvironmentController.GetDirectoryContents``). Raises JellyfinError.
+        """
+        params = {"path": path, "includeFiles": "true", "includeDirectories": "true"}
+        entries = self._json("GET", "/Environment/DirectoryContents", params=params)
+        return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+    def backups(self) -> list[dict[str, Any]]:
+        """``GET /Backup`` (10.11+, administrator): a ``BackupManifestDto`` per archive in
+        Jellyfin's backup folder (``Path``, ``DateCreated``, ``ServerVersion``, ``Options``)."""
+        archives = self._json("GET", "/Backup")
+        return [archive for archive in archives if isinstance(archive, dict)] if isinstance(archives, list) else []
+
+    def create_backup(self, contents: Sequence[str]) -> dict[str, Any]:
+        """``POST /Backup/Create`` (10.11+, administrator) with a ``BackupOptionsDto`` holding
+        ``contents`` (``database``, ``metadata``, ``trickplay``, ``subtitles``) and nothing else.
+
+        Jellyfin answers only once ``jellyfin-backup-yyyyMMddHHmmss.zip`` is written, so call it on
+        a client with a long timeout (:meth:`with_timeout`). It answers 500 when the backup folder
+        has less than 5 GiB free and, on 12.0, while a library scan runs
+        (``BackupService.CreateBackupAsync``). Returns the archive's ``BackupManifestDto``.
+        Raises JellyfinError.
+        """
+        options = {name.capitalize(): name in contents for name in ("database", "metadata", "trickplay", "subtitles")}
+        manifest = self._json("POST", "/Backup/Create", json=options)
+        return manifest if isinstance(manifest, dict) else {}
+
     # --- authentication ----------------------------------------------------------------
 
     def _set_token(self, token: str) -> None:
@@ -501,6 +546,16 @@ class JellyfinClient:
                 break
             url = location
         return lines
+
+
+def http_status(error: JellyfinError) -> int | None:
+    """The HTTP status Jellyfin answered with, for an error raised on an answer (None for a
+    connection failure or a timeout)."""
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        return status
+    found = re.search(r"\bHTTP (\d{3})\b", str(error))
+    return int(found.group(1)) if found else None
 
 
 def dashed(item_id: str) -> str:

@@ -41,6 +41,7 @@ def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -
             "held": batch.held or None,
         }
     last = snapshot.last_refresh
+    backup = snapshot.last_backup
     return {
         "pid": pid,
         "started": started,
@@ -48,6 +49,14 @@ def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -
         "roots": roots,
         "pending": pending,
         "last_refresh": None if last is None else {"time": last.at + wall_offset, "result": last.result},
+        "last_backup": None if backup is None else {
+            "archive": backup.archive,
+            "path": backup.path,
+            "holds": list(backup.holds),
+            "version": backup.version,
+            "time": backup.at + wall_offset,
+            "removals": backup.removals,
+        },
     }
 
 
@@ -59,6 +68,7 @@ def signature(snapshot: Snapshot) -> tuple[Any, ...]:
         tuple((r.path, r.state, r.reason, r.watched, r.watched_directories, r.verified) for r in snapshot.roots),
         None if pending is None else (pending.roots, pending.held, pending.first_change),
         snapshot.last_refresh and (snapshot.last_refresh.at, snapshot.last_refresh.result),
+        snapshot.last_backup and snapshot.last_backup.at,
     )
 
 

@@ -11,7 +11,9 @@ Shape (``version`` 1; times are seconds since the epoch)::
      "roots": [{"path", "mount_point", "fstype", "state", "reason", "watched": bool,
                 "watched_directories": int | null}],
      "pending": {"changes": int, "roots": [str], "due": float | null, "held": str | null} | null,
-     "last_refresh": {"time": float, "result": str} | null}
+     "last_refresh": {"time": float, "result": str} | null,
+     "last_backup": {"archive": str, "path": str, "holds": [str], "version": str, "time": float,
+                     "removals": int} | null}
 """
 
 from __future__ import annotations
@@ -116,6 +118,13 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"last refresh: {_clock(last.get('time'))} ({last.get('result', '?')})")
     else:
         lines.append("last refresh: none since start")
+    backup = status.get("last_backup")
+    if backup:
+        lines.append(
+            f"last backup: {backup.get('archive', '?')} ({', '.join(backup.get('holds') or []) or '?'}) at "
+            f"{_clock(backup.get('time'))}, before removing {backup.get('removals', '?')} items "
+            "(restore: POST /Backup/Restore, or start Jellyfin with --restore-archive)"
+        )
     lines.append(f"daemon: pid {status.get('pid')}, status written {_clock(status.get('updated'))}")
     return "\n".join(lines)
 

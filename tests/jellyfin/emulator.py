@@ -2,12 +2,39 @@
 
 What it emulates, and from where (see ``../shared/FACTS.md``, "Jellyfin server API"):
 
-- the 14 operations of ``openapi-subset.json`` (Jellyfin 10.11.11's own OpenAPI spec, cut down by
+- the 19 operations of ``openapi-subset.json`` (Jellyfin 10.11.11's own OpenAPI spec, cut down by
   ``make_spec_subset.py``), with the real field names and status codes;
 - the *harm*: a library scan deletes every item whose file is gone, except that a top-level
   library location which is missing or empty is skipped and keeps its items (Jellyfin >= 10.9,
   "Library folder … is inaccessible or empty, skipping"). Sub-folders have no such protection,
-  so a disk unmounted below a location loses its items. Tests assert :attr:`removed` stays empty;
+  so a disk unmounted below a location loses its items. Tests assert :attr:`removed` stays empty.
+  The rules that differ between versions follow :attr:`JellyfinEmulator.version`
+  (``MediaBrowser.Controller/Entities/Folder.cs`` of each release): before 10.9 nothing is
+  skipped; 12.0 still skips an empty or unreadable location but removes the items of one that
+  cannot be resolved at all (missing, or a file); before 12.0 the children of a sub-folder whose
+  listing fails are removed, from 12.0 on they are kept;
+- *the server's own view of the filesystem*: :attr:`JellyfinEmulator.server_paths` maps a prefix
+  of Jellyfin's paths to the host folder the server really reads (its container's volume, the
+  share as mounted on its own host). Every filesystem access of the server goes through it — the
+  scan, ``GET /Environment/DirectoryContents``, ``POST /Environment/ValidatePath``, the clean-up
+  task — so a view that differs from the watcher's does real harm. Without an entry, a path is
+  read as it is. :attr:`JellyfinEmulator.unlistable` holds Jellyfin paths whose listing fails
+  with an I/O error on the server only;
+- backups (10.11+, ``Jellyfin.Api/Controllers/BackupController.cs`` and
+  ``Jellyfin.Server.Implementations/FullSystemBackup/BackupService.cs``): ``POST /Backup/Create``
+  answers only when the archive ``jellyfin-backup-yyyyMMddHHmmss.zip`` is written (after
+  :attr:`JellyfinEmulator.backup_duration` seconds), fails (500) with less than 5,368,709,115
+  bytes free (:attr:`JellyfinEmulator.backup_free_bytes`) and, from 12.0 on, while a library scan
+  runs; ``GET /Backup`` lists the archives; ``POST /Backup/Restore`` restarts the server into one
+  made by the same or an older version. Each archive keeps a snapshot of the items and of the
+  collections and playlists, so a test can show what a restore brings back. Older servers answer
+  404 (no such route);
+- the "Clean up collections and playlists" task (``Key`` ``CleanCollectionsAndPlaylists``,
+  ``Emby.Server.Implementations/ScheduledTasks/Tasks/CleanupCollectionAndPlaylistPathsTask.cs``,
+  10.9 to 10.11, removed in 12.0), listed when :attr:`JellyfinEmulator.cleanup_task` is set, with
+  its default ``StartupTrigger``. :meth:`JellyfinEmulator.restart` runs the start-up triggers: the
+  task drops every collection and playlist entry whose file the server cannot see at that moment
+  (:attr:`JellyfinEmulator.removed_links`, the harm);
 - ``POST /Library/Refresh`` answers 204 at once and scans in a background thread; arriving while
   the ``RefreshLibrary`` task runs, it cancels that run and queues a new one
   (``TaskManager.CancelIfRunningAndQueue``), counted in :attr:`cancelled_scans`;
@@ -55,7 +82,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -94,6 +121,19 @@ PRODUCT_NAME = "Jellyfin Server"
 """``PublicSystemInfo.ProductName``, and the JSON string ``/System/Ping`` answers."""
 
 REDACTED = "<redacted>"
+
+CLEANUP_TASK_KEY = "CleanCollectionsAndPlaylists"
+"""``TaskInfo.Key`` of "Clean up collections and playlists" (10.9 to 10.11; gone in 12.0)."""
+
+BACKUP_FREE_SPACE = 5_368_709_115
+"""Bytes ``POST /Backup/Create`` needs free in the backup folder (``BackupService.CreateBackupAsync``'s
+``FiveGigabyte``, which is 5 bytes short of 5 GiB)."""
+
+BACKUP_ENGINE_VERSION = "0.2.0"
+"""``BackupManifestDto.BackupEngineVersion`` of 10.11 (``BackupService._backupEngineVersion``)."""
+
+SERVER_ERROR_TEXT = b"Error processing request."
+"""The text/plain body of Jellyfin's ``ExceptionMiddleware`` outside development mode."""
 
 _LEGACY_TOKEN_HEADERS = ("X-Emby-Token", "X-MediaBrowser-Token", "X-Emby-Authorization")
 _LEGACY_TOKEN_QUERY = ("api_key", "apikey")  # compared lowercase
@@ -192,6 +232,38 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any
     status: int
+
+
+@dataclass
+class Backup:
+    """One backup archive the server wrote (``POST /Backup/Create``).
+
+    Attributes:
+        file_name: ``jellyfin-backup-yyyyMMddHHmmss.zip`` (local time, to the second: two backups
+            in one second write the same file, as in Jellyfin).
+        path: where Jellyfin says it is (``BackupManifestDto.Path``).
+        created: ``DateCreated`` (UTC).
+        server_version: the version that wrote it; a restore needs the same or a newer one.
+        options: ``Database``, ``Metadata``, ``Trickplay``, ``Subtitles``.
+        items: the items Jellyfin held when it was written, by path: what a restore brings back.
+        collections: the collections then (name → entry paths).
+        playlists: the playlists then (name → entry paths).
+    """
+
+    file_name: str
+    path: str
+    created: datetime
+    server_version: str
+    options: dict[str, bool]
+    items: dict[str, Item]
+    collections: dict[str, list[str]]
+    playlists: dict[str, list[str]]
+
+    def manifest(self) -> dict[str, Any]:
+        """The ``BackupManifestDto`` Jellyfin answers for it."""
+        return {"ServerVersion": self.server_version, "BackupEngineVersion": BACKUP_ENGINE_VERSION,
+                "DateCreated": self.created.strftime("%Y-%m-%dT%H:%M:%S.%f0Z"), "Path": self.path,
+                "Options": dict(self.options)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,6 +513,33 @@ def _normalize_guid(value: str) -> str | None:
         return None
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"10.11.11"`` → ``(10, 11, 11)``; parts that are not numbers count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split(".")[:3])
+
+
+@dataclass
+class _ServerSide:
+    """What the server sees and keeps beyond the library: its view of the filesystem, its
+    backups, its collections and playlists, the clean-up task (see the module docstring)."""
+
+    paths: dict[str, str] = field(default_factory=dict)
+    unlistable: set[str] = field(default_factory=set)
+    backup_path: str = "/var/lib/jellyfin/data/backups"
+    backup_free_bytes: int = 100 * 2**30
+    backup_duration: float = 0.0
+    backups: list[Backup] = field(default_factory=list)
+    cleanup_task: _Task | None = None
+    collections: dict[str, list[str]] = field(default_factory=dict)
+    playlists: dict[str, list[str]] = field(default_factory=dict)
+    removed_links: list[tuple[str, str]] = field(default_factory=list)
+    restore_failures: list[str] = field(default_factory=list)
+    restarts: int = 0
+
+
+_SERVER_SIDE_LOCK = threading.Lock()
+
+
 class JellyfinEmulator:
     """A Jellyfin 10.11 server on ``127.0.0.1`` (see the module docstring for what it emulates).
 
@@ -626,7 +725,7 @@ class JellyfinEmulator:
         added = 0
         for library in self.libraries:
             for location in library.locations:
-                files, _unreadable = _walk(location)
+                files, _unreadable = self._server_walk(location)
                 with self._lock:
                     added += self._add_items(library, files)
         return added
@@ -649,6 +748,172 @@ class JellyfinEmulator:
         """Show the ``RefreshLibrary`` task as ``Running`` (``True``) or as it really is (``False``)."""
         with self._lock:
             self._scan_forced_running = running
+
+    # ---------------------------------------------------------------- the server's side
+
+    @property
+    def _server_side(self) -> _ServerSide:
+        with _SERVER_SIDE_LOCK:
+            state: _ServerSide | None = self.__dict__.get("_server_side_state")
+            if state is None:
+                state = self.__dict__["_server_side_state"] = _ServerSide()
+            return state
+
+    @property
+    def server_paths(self) -> dict[str, str]:
+        """Jellyfin's path prefix → the host folder the *server* reads for it (the live dict).
+
+        ``{"/data": "/tmp/x/container-data"}`` makes Jellyfin's ``/data/movies`` read
+        ``/tmp/x/container-data/movies``; the longest prefix wins; a path no prefix covers is
+        read as it is. Change it before or between requests, not during one.
+        """
+        return self._server_side.paths
+
+    @property
+    def unlistable(self) -> set[str]:
+        """Jellyfin paths whose listing fails with an I/O error in the server's view (the live
+        set): a failing disk or share seen from the server only."""
+        return self._server_side.unlistable
+
+    @property
+    def backup_free_bytes(self) -> int:
+        """Free bytes in the server's backup folder (default 100 GiB)."""
+        return self._server_side.backup_free_bytes
+
+    @backup_free_bytes.setter
+    def backup_free_bytes(self, value: int) -> None:
+        self._server_side.backup_free_bytes = value
+
+    @property
+    def backup_duration(self) -> float:
+        """Seconds ``POST /Backup/Create`` takes before it answers (default 0)."""
+        return self._server_side.backup_duration
+
+    @backup_duration.setter
+    def backup_duration(self, value: float) -> None:
+        self._server_side.backup_duration = value
+
+    @property
+    def backups(self) -> list[Backup]:
+        """Every archive in the backup folder, oldest first (a snapshot)."""
+        with self._lock:
+            return list(self._server_side.backups)
+
+    @property
+    def cleanup_task(self) -> bool:
+        """Whether "Clean up collections and playlists" is listed (with its ``StartupTrigger`` until
+        someone changes it). Jellyfin 10.9 to 10.11 always have it; the emulator lists it only when
+        asked, and never on 12.0 or later, where it is gone."""
+        return self._server_side.cleanup_task is not None
+
+    @cleanup_task.setter
+    def cleanup_task(self, enabled: bool) -> None:
+        with self._lock:
+            if not enabled:
+                self._server_side.cleanup_task = None
+            elif self._server_side.cleanup_task is None:
+                self._server_side.cleanup_task = _Task(
+                    CLEANUP_TASK_KEY, "Clean up collections and playlists", "Maintenance",
+                    "Removes items from collections and playlists that no longer exist.",
+                    [{"Type": "StartupTrigger"}])
+
+    @property
+    def collections(self) -> dict[str, list[str]]:
+        """Collections (box sets): name → the Jellyfin paths of their entries (the live dict)."""
+        return self._server_side.collections
+
+    @property
+    def playlists(self) -> dict[str, list[str]]:
+        """Playlists: name → the Jellyfin paths of their entries (the live dict)."""
+        return self._server_side.playlists
+
+    @property
+    def removed_links(self) -> list[tuple[str, str]]:
+        """(collection or playlist name, entry path) the clean-up task dropped, in order: the harm."""
+        with self._lock:
+            return list(self._server_side.removed_links)
+
+    @property
+    def restore_failures(self) -> list[str]:
+        """Why each restore that was asked for did not happen (an archive of a newer version)."""
+        with self._lock:
+            return list(self._server_side.restore_failures)
+
+    @property
+    def restarts(self) -> int:
+        """How many times the server "started" (:meth:`restart`, ``POST /Backup/Restore``)."""
+        with self._lock:
+            return self._server_side.restarts
+
+    def restart(self) -> list[tuple[str, str]]:
+        """Start the server again: run every task whose triggers include ``StartupTrigger``.
+
+        Only the clean-up task does anything here: it drops each collection and playlist entry
+        whose file or folder the server cannot see now. Returns what this start dropped.
+        """
+        with self._lock:
+            self._server_side.restarts += 1
+            task = self._listed_cleanup_task()
+            if task is None or not any(trigger.get("Type") == "StartupTrigger" for trigger in task.triggers):
+                return []
+        return self._clean_up_links(task)
+
+    def host_path(self, path: str) -> str:
+        """The host path the server reads for its ``path`` (see :attr:`server_paths`)."""
+        with self._lock:
+            pairs = list(self._server_side.paths.items())
+        best = max((pair for pair in pairs if _under(path, pair[0].rstrip(os.sep) or os.sep)),
+                   key=lambda pair: len(pair[0]), default=None)
+        if best is None:
+            return path
+        prefix = best[0].rstrip(os.sep)
+        rest = path[len(prefix):].lstrip(os.sep)
+        return os.path.join(best[1], rest) if rest else best[1]
+
+    def _version(self) -> tuple[int, ...]:
+        return version_tuple(self.version)
+
+    def _listed_cleanup_task(self) -> _Task | None:
+        """The clean-up task, if this server lists it (10.9 to 10.11, and asked for)."""
+        if not (10, 9) <= self._version() < (12,):
+            return None
+        return self._server_side.cleanup_task
+
+    def _all_tasks(self) -> list[_Task]:
+        task = self._listed_cleanup_task()
+        return [*self._tasks, task] if task is not None else list(self._tasks)
+
+    def _clean_up_links(self, task: _Task) -> list[tuple[str, str]]:
+        """Run "Clean up collections and playlists" once: ``File.Exists || Directory.Exists`` per entry."""
+        started = _utc_now()
+        dropped: list[tuple[str, str]] = []
+        with self._lock:
+            folders = [*self._server_side.collections.items(), *self._server_side.playlists.items()]
+        for name, entries in folders:
+            kept = []
+            for path in list(entries):
+                if os.path.exists(self.host_path(path)):
+                    kept.append(path)
+                else:
+                    logger.info("Item in %s cannot be found at %s", name, path)
+                    dropped.append((name, path))
+            entries[:] = kept
+        with self._lock:
+            self._server_side.removed_links.extend(dropped)
+            task.last_result = {"StartTimeUtc": started, "EndTimeUtc": _utc_now(), "Status": "Completed",
+                                "Name": task.name, "Key": task.key, "Id": task.id}
+        return dropped
+
+    def _scan_running(self) -> bool:
+        """``ILibraryManager.IsScanRunning``: a library scan is queued or running."""
+        with self._lock:
+            return self._task_running() or self._current_job is not None or bool(self._jobs)
+
+    def _scan_rules(self) -> tuple[bool, bool, bool]:
+        """(top-level guard, unresolvable location protected, children of a failed listing kept)
+        for this version (``Folder.cs``: 10.9 added the guard; 12.0 changed the other two)."""
+        version = self._version()
+        return version >= (10, 9), version < (12,), version >= (12,)
 
     # ---------------------------------------------------------------- scanning
 
@@ -712,22 +977,26 @@ class JellyfinEmulator:
                 }
 
     def _scan_library(self, library: Library) -> tuple[int, int]:
-        """Scan ``library`` as Jellyfin does; return (items added, items deleted).
+        """Scan ``library`` as Jellyfin does, through the server's view; return (items added, items deleted).
 
-        A top-level location that is missing, not a directory, unreadable or empty is skipped and
-        keeps its items (Jellyfin >= 10.9). Under any other location, every item whose file the
-        walk did not find is deleted, except under a sub-folder that could not be read (Jellyfin
-        keeps a folder's children when listing it throws).
+        A top-level location that is empty or unreadable is skipped and keeps its items (10.9+); one
+        that cannot be resolved (missing, or a file) too, before 12.0 only. Under any other
+        location, every item whose file the walk did not find is deleted; under a sub-folder whose
+        listing failed, its items are kept from 12.0 on and deleted before.
         """
+        guard, unresolvable_protected, failed_listing_kept = self._scan_rules()
         with self._lock:
             self._scanning_libraries.add(library.name)
         added = removed = 0
         try:
             for location in library.locations:
-                if not _has_entries(location):
+                state = self._location_state(location)
+                if state != "accessible" and guard and (state == "inaccessible" or unresolvable_protected):
                     logger.warning("Library folder %s is inaccessible or empty, skipping", location)
                     continue
-                files, unreadable = _walk(location)
+                files, unreadable = self._server_walk(location) if state == "accessible" else (set(), [])
+                if not failed_listing_kept:
+                    unreadable = []
                 with self._lock:
                     for item in [item for item in self._items.values()
                                  if item.library == library.name and _under(item.path, location)]:
@@ -742,6 +1011,34 @@ class JellyfinEmulator:
             with self._lock:
                 self._scanning_libraries.discard(library.name)
         return added, removed
+
+    def _location_state(self, location: str) -> str:
+        """``"accessible"`` (a folder with entries), ``"inaccessible"`` (empty, unreadable, or its
+        listing fails) or ``"unresolved"`` (missing, or not a folder), in the server's view."""
+        host = self.host_path(location)
+        if location in self.unlistable:
+            return "inaccessible"
+        try:
+            with os.scandir(host) as entries:
+                return "accessible" if next(entries, None) is not None else "inaccessible"
+        except (FileNotFoundError, NotADirectoryError):
+            return "unresolved"
+        except OSError:
+            return "inaccessible"
+
+    def _server_walk(self, location: str) -> tuple[set[str], list[str]]:
+        """:func:`_walk` through the server's view: Jellyfin paths of the media files under
+        ``location``, and of the sub-folders whose listing failed."""
+        host = self.host_path(location).rstrip(os.sep) or os.sep
+        with self._lock:
+            failing = {self.host_path(path).rstrip(os.sep) for path in self._server_side.unlistable}
+        files, unreadable = _walk(host, failing)
+
+        def back(path: str) -> str:
+            rest = path[len(host):].lstrip(os.sep)
+            return os.path.join(location, rest) if rest else location
+
+        return {back(path) for path in files}, [back(path) for path in unreadable]
 
     def _add_items(self, library: Library, files: Iterable[str]) -> int:
         """Add an item for each path in ``files`` not yet known (the caller holds the lock)."""
@@ -990,13 +1287,13 @@ class JellyfinEmulator:
 
     def _get_scheduled_tasks(self, call: _Call) -> _Reply:
         hidden = call.query.get("isHidden")
-        tasks = [self._task_info(task) for task in self._tasks]
+        tasks = [self._task_info(task) for task in self._all_tasks()]
         if hidden is not None:
             tasks = [task for task in tasks if task["IsHidden"] == (hidden[-1].lower() == "true")]
         return _Reply(200, tasks)
 
     def _find_task(self, call: _Call) -> _Task | None:
-        return next((task for task in self._tasks if task.id == call.path_values["taskId"]), None)
+        return next((task for task in self._all_tasks() if task.id == call.path_values["taskId"]), None)
 
     def _get_scheduled_task(self, call: _Call) -> _Reply:
         task = self._find_task(call)
@@ -1142,6 +1439,129 @@ class JellyfinEmulator:
             "AccessToken": token, "ServerId": self.server_id,
         })
 
+    # ---------------------------------------------------------------- the server's filesystem and backups
+
+    def _get_directory_contents(self, call: _Call) -> _Reply:
+        """``EnvironmentController.GetDirectoryContents`` through the server's view.
+
+        A missing folder (or a file) throws DirectoryNotFoundException: 404. An unreadable one lists
+        as empty (``EnumerationOptions.IgnoreInaccessible``). Another I/O error: 500. Entries are
+        sorted by full path; each is a ``FileSystemEntryInfo`` with the path as Jellyfin sees it.
+        A hung mount makes the request hang, as it does Jellyfin's.
+        """
+        path = call.query["path"][-1]
+        include_files = call.query.get("includeFiles", ["false"])[-1].lower() == "true"
+        include_directories = call.query.get("includeDirectories", ["false"])[-1].lower() == "true"
+        if path in self.unlistable:
+            return _server_error()
+        try:
+            with os.scandir(self.host_path(path)) as scanned:
+                entries = list(scanned)
+        except (FileNotFoundError, NotADirectoryError):
+            return _Reply(404, raw=SERVER_ERROR_TEXT, content_type="text/plain")
+        except PermissionError:
+            entries = []
+        except OSError:
+            return _server_error()
+        listed = []
+        for entry in entries:
+            try:
+                is_directory = entry.is_dir()
+            except OSError:
+                is_directory = False
+            if (is_directory and include_directories) or (not is_directory and include_files):
+                name = os.fsencode(entry.name).decode("utf-8", "replace")  # as .NET decodes file names
+                listed.append({"Name": name, "Path": os.path.join(path, name),
+                               "Type": "Directory" if is_directory else "File"})
+        return _Reply(200, sorted(listed, key=lambda entry: entry["Path"]))
+
+    def _post_validate_path(self, call: _Call) -> _Reply:
+        """``EnvironmentController.ValidatePath``: 204 when the path exists as asked, else 404."""
+        body = call.body or {}
+        path = body.get("Path")
+        host = self.host_path(path) if path else ""
+        is_file = body.get("IsFile")
+        if is_file is not None:
+            found = os.path.isfile(host) if is_file else os.path.isdir(host)
+            return _Reply(204) if found else _not_found()
+        if not (host and (os.path.isfile(host) or os.path.isdir(host))):
+            return _not_found()
+        if body.get("ValidateWritable"):
+            probe = os.path.join(host, str(uuid.uuid4()))
+            try:
+                with open(probe, "w", encoding="utf-8"):
+                    pass
+            except OSError:
+                return _server_error()
+            finally:
+                if os.path.exists(probe):
+                    os.remove(probe)
+        return _Reply(204)
+
+    def _has_backups(self) -> bool:
+        return self._version() >= (10, 11)
+
+    def _post_backup_create(self, call: _Call) -> _Reply:
+        """``BackupService.CreateBackupAsync``: refuse during a scan (12.0), need 5 GiB, write, answer."""
+        if not self._has_backups():
+            return _Reply(404)
+        if self._version() >= (12,) and self._scan_running():
+            logger.warning("Cannot create a backup while a library scan is running.")
+            return _server_error()
+        if self.backup_free_bytes < BACKUP_FREE_SPACE:
+            return _server_error()
+        deadline = time.monotonic() + self.backup_duration
+        with self._condition:  # the archive is written meanwhile; stop() ends the wait
+            self._condition.wait_for(lambda: self._stopping or time.monotonic() >= deadline,
+                                     max(0.0, self.backup_duration))
+        body = call.body or {}
+        options = {"Metadata": bool(body.get("Metadata", False)), "Trickplay": bool(body.get("Trickplay", False)),
+                   "Subtitles": bool(body.get("Subtitles", False)), "Database": bool(body.get("Database", True))}
+        created = datetime.now(UTC)
+        file_name = f"jellyfin-backup-{created.astimezone():%Y%m%d%H%M%S}.zip"
+        with self._condition:
+            state = self._server_side
+            backup = Backup(file_name, f"{state.backup_path}/{file_name}", created, self.version, options,
+                            dict(self._items), {name: list(entries) for name, entries in state.collections.items()},
+                            {name: list(entries) for name, entries in state.playlists.items()})
+            state.backups[:] = [*(old for old in state.backups if old.file_name != file_name), backup]
+            self._condition.notify_all()
+        logger.info("Backup created: %s", backup.path)
+        return _Reply(200, backup.manifest())
+
+    def _get_backups(self, call: _Call) -> _Reply:
+        if not self._has_backups():
+            return _Reply(404)
+        return _Reply(200, [backup.manifest() for backup in self.backups])
+
+    def _post_backup_restore(self, call: _Call) -> _Reply:
+        """``StartRestoreBackup``: 404 without the archive; else the server restarts into it.
+
+        The restore happens at the next start (before this answer, here): an archive of a newer
+        version is refused then (:attr:`restore_failures`) and the server starts as it was.
+        """
+        if not self._has_backups():
+            return _not_found()
+        name = os.path.basename(str((call.body or {}).get("ArchiveFileName") or ""))
+        backup = next((backup for backup in self.backups if backup.file_name == name), None)
+        if backup is None:
+            return _not_found()
+        with self._condition:
+            state = self._server_side
+            if version_tuple(backup.server_version) > self._version():
+                state.restore_failures.append(
+                    f"The loaded archive '{backup.path}' is made for a newer version of Jellyfin "
+                    f"({backup.server_version}) and cannot be loaded in this version.")
+            else:
+                self._items = dict(backup.items)
+                state.collections.clear()
+                state.collections.update({name: list(entries) for name, entries in backup.collections.items()})
+                state.playlists.clear()
+                state.playlists.update({name: list(entries) for name, entries in backup.playlists.items()})
+            self._condition.notify_all()
+        self.restart()
+        return _Reply(204)
+
 
 _HANDLERS: dict[tuple[str, str], str] = {
     ("/Library/VirtualFolders", "get"): "_get_virtual_folders",
@@ -1158,6 +1578,11 @@ _HANDLERS: dict[tuple[str, str], str] = {
     ("/Items", "get"): "_get_items",
     ("/Library/VirtualFolders/LibraryOptions", "post"): "_post_library_options",
     ("/Users/AuthenticateByName", "post"): "_post_authenticate_by_name",
+    ("/Environment/DirectoryContents", "get"): "_get_directory_contents",
+    ("/Environment/ValidatePath", "post"): "_post_validate_path",
+    ("/Backup/Create", "post"): "_post_backup_create",
+    ("/Backup", "get"): "_get_backups",
+    ("/Backup/Restore", "post"): "_post_backup_restore",
 }
 """(path template, method) → handler method name; one entry per operation of the subset."""
 
@@ -1167,19 +1592,11 @@ _HANDLERS: dict[tuple[str, str], str] = {
 # --------------------------------------------------------------------------------------------
 
 
-def _has_entries(location: str) -> bool:
-    """Jellyfin's test for a top-level location: an accessible directory with at least one entry."""
-    try:
-        with os.scandir(location) as entries:
-            return next(entries, None) is not None
-    except OSError:
-        return False
-
-
-def _walk(location: str) -> tuple[set[str], list[str]]:
+def _walk(location: str, failing: set[str] | frozenset[str] = frozenset()) -> tuple[set[str], list[str]]:
     """Every media file under ``location``, and the sub-folders that could not be listed.
 
-    Follows symlinks to folders but enters each real folder once (no symlink loops).
+    Follows symlinks to folders but enters each real folder once (no symlink loops). A folder in
+    ``failing`` fails to list as if its disk answered with an I/O error.
     """
     files: set[str] = set()
     unreadable: list[str] = []
@@ -1187,6 +1604,8 @@ def _walk(location: str) -> tuple[set[str], list[str]]:
 
     def visit(folder: str) -> Iterator[os.DirEntry[str]]:
         try:
+            if folder.rstrip(os.sep) in failing:
+                raise OSError(5, "Input/output error", folder)
             info = os.stat(folder)
             if (info.st_dev, info.st_ino) in seen:
                 return
@@ -1233,6 +1652,11 @@ def _error_reply(status: int) -> _Reply:
                       content_type="text/html; charset=utf-8",
                       headers={"Retry-After": "5", "Message": "Server is starting"})
     return _Reply(status)
+
+
+def _server_error() -> _Reply:
+    """What Jellyfin's ``ExceptionMiddleware`` answers to an exception it does not map (500)."""
+    return _Reply(500, raw=SERVER_ERROR_TEXT, content_type="text/plain")
 
 
 def _not_found() -> _Reply:
@@ -1366,6 +1790,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 __all__ = [
-    "DEFAULT_SCAN_INTERVAL_TICKS", "MEDIA_EXTENSIONS", "PRODUCT_NAME", "REFRESH_LIBRARY_KEY", "SPEC_FILE",
-    "Item", "JellyfinEmulator", "Library", "RecordedRequest", "Refresh", "parse_authorization",
+    "BACKUP_FREE_SPACE", "CLEANUP_TASK_KEY", "DEFAULT_SCAN_INTERVAL_TICKS", "MEDIA_EXTENSIONS", "PRODUCT_NAME",
+    "REFRESH_LIBRARY_KEY", "SPEC_FILE", "Backup", "Item", "JellyfinEmulator", "Library", "RecordedRequest", "Refresh",
+    "parse_authorization", "version_tuple",
 ]

@@ -52,6 +52,11 @@ OPERATIONS: tuple[tuple[str, str], ...] = (
     ("/Items", "get"),
     ("/Library/VirtualFolders/LibraryOptions", "post"),
     ("/Users/AuthenticateByName", "post"),
+    ("/Environment/DirectoryContents", "get"),
+    ("/Environment/ValidatePath", "post"),
+    ("/Backup/Create", "post"),
+    ("/Backup", "get"),
+    ("/Backup/Restore", "post"),
 )
 """(path template, lowercase method) of every operation the emulator serves."""
 
@@ -144,7 +149,9 @@ def render(source: Path) -> str:
         KeyError: an operation of :data:`OPERATIONS` is missing from it.
     """
     raw = source.read_bytes()
-    source_name = Path(os.path.relpath(source.resolve(), REPO_ROOT)).as_posix()
+    # Symbolic links are kept: a worktree elsewhere that reaches the spec through a link to the
+    # shared folder records the same name as the main checkout.
+    source_name = Path(os.path.relpath(os.path.normpath(os.path.abspath(source)), REPO_ROOT)).as_posix()
     subset = make_subset(json.loads(raw), hashlib.sha256(raw).hexdigest(), source_name)
     return json.dumps(subset, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
 

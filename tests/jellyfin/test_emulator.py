@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import requests
 from tests.jellyfin import make_spec_subset
 from tests.jellyfin.emulator import (
     _HANDLERS,
+    CLEANUP_TASK_KEY,
     DEFAULT_SCAN_INTERVAL_TICKS,
     REFRESH_LIBRARY_KEY,
     SPEC_FILE,
@@ -531,3 +534,231 @@ def test_stop_joins_every_thread(libraries: list[Library]) -> None:
     assert set(threading.enumerate()) - before == set()
     with pytest.raises(RuntimeError):
         jellyfin.url
+
+
+# ------------------------------------------------------------------------------------------------
+# The server's own view of the filesystem
+# ------------------------------------------------------------------------------------------------
+
+
+def contents(client: Client, path: str, files: bool = True, directories: bool = True) -> requests.Response:
+    return client.request("GET", "/Environment/DirectoryContents", params={
+        "path": path, "includeFiles": str(files).lower(), "includeDirectories": str(directories).lower()})
+
+
+def test_directory_contents_lists_a_folder_as_the_server_sees_it(
+        client: Client, jellyfin: JellyfinEmulator, movies: Path, tmp_path: Path) -> None:
+    touch(movies / "notes.txt")
+    listed = contents(client, str(movies))
+    assert listed.status_code == 200
+    assert listed.json() == [  # sorted by full path, files and folders alike
+        {"Name": "Alien (1979)", "Path": str(movies / "Alien (1979)"), "Type": "Directory"},
+        {"Name": "disk2", "Path": str(movies / "disk2"), "Type": "Directory"},
+        {"Name": "notes.txt", "Path": str(movies / "notes.txt"), "Type": "File"},
+    ]
+    assert [entry["Name"] for entry in contents(client, str(movies), files=False).json()] == ["Alien (1979)", "disk2"]
+    assert [entry["Name"] for entry in contents(client, str(movies), directories=False).json()] == ["notes.txt"]
+    assert contents(client, str(movies), files=False, directories=False).json() == []  # Jellyfin's defaults
+
+    # Through the server's view: Jellyfin's /data is this test's movies folder.
+    jellyfin.server_paths["/data"] = str(movies)
+    assert contents(client, "/data/disk2").json() == [
+        {"Name": "Brazil (1985)", "Path": "/data/disk2/Brazil (1985)", "Type": "Directory"}]
+
+    missing = contents(client, "/data/no such folder")
+    assert (missing.status_code, missing.text) == (404, "Error processing request.")  # DirectoryNotFoundException
+    assert contents(client, "/data/notes.txt").status_code == 404
+    jellyfin.unlistable.add("/data/disk2")
+    assert contents(client, "/data/disk2").status_code == 500  # an IOException
+    assert jellyfin.violations == []
+
+
+def test_validate_path(client: Client, jellyfin: JellyfinEmulator, movies: Path) -> None:
+    jellyfin.server_paths["/data"] = str(movies)
+    touch(movies / "notes.txt")
+
+    def validate(**body: Any) -> int:
+        return client.request("POST", "/Environment/ValidatePath", json=body).status_code
+
+    assert validate(Path="/data/disk2") == 204
+    assert validate(Path="/data/disk2", IsFile=False) == 204
+    assert validate(Path="/data/disk2", IsFile=True) == 404
+    assert validate(Path="/data/notes.txt", IsFile=True) == 204
+    assert validate(Path="/data/gone") == 404
+    assert validate(Path="/data", ValidateWritable=True) == 204
+    assert sorted(path.name for path in movies.iterdir()) == ["Alien (1979)", "disk2", "notes.txt"]  # cleaned up
+    assert jellyfin.violations == []
+
+
+def test_a_container_without_the_disk_loses_its_items_in_a_scan(
+        client: Client, jellyfin: JellyfinEmulator, movies: Path, tmp_path: Path) -> None:
+    # The host has the second disk under movies/disk2; Jellyfin's container was started before it
+    # was mounted and, without rslave propagation, still sees the bare mount point there.
+    container = tmp_path / "container-view"
+    touch(container / "Alien (1979)" / "Alien (1979).mkv")
+    (container / "disk2").mkdir()
+    jellyfin.server_paths[str(movies)] = str(container)
+    assert contents(client, str(movies / "disk2")).json() == []
+    assert client.request("POST", "/Library/Refresh").status_code == 204
+    assert jellyfin.wait_for_scans_idle(TIMEOUT)
+    assert [item.path for item in jellyfin.removed] == [str(movies / "disk2" / "Brazil (1985)" / "Brazil (1985).mp4")]
+
+
+@pytest.mark.parametrize(("version", "lost"), [("10.8.13", 2), ("10.11.11", 0), ("12.0.0", 2)])
+def test_a_location_that_cannot_be_resolved(libraries: list[Library], movies: Path, session: requests.Session,
+                                            version: str, lost: int) -> None:
+    # Before 10.9 nothing is protected; 10.9-10.11 skip it; 12.0 no longer protects a library path
+    # that cannot be resolved at all.
+    with JellyfinEmulator(libraries=libraries, version=version) as jellyfin:
+        jellyfin.index()
+        shutil.rmtree(movies)
+        assert Client(jellyfin, session).request("POST", "/Library/Refresh").status_code == 204
+        assert jellyfin.wait_for_scans_idle(TIMEOUT)
+        assert len(jellyfin.removed) == lost
+
+
+@pytest.mark.parametrize(("version", "lost"), [("10.8.13", 2), ("10.11.11", 0), ("12.0.0", 0)])
+def test_an_empty_location(libraries: list[Library], movies: Path, session: requests.Session,
+                           version: str, lost: int) -> None:
+    with JellyfinEmulator(libraries=libraries, version=version) as jellyfin:
+        jellyfin.index()
+        shutil.rmtree(movies)
+        movies.mkdir()
+        assert Client(jellyfin, session).request("POST", "/Library/Refresh").status_code == 204
+        assert jellyfin.wait_for_scans_idle(TIMEOUT)
+        assert len(jellyfin.removed) == lost
+
+
+@pytest.mark.parametrize(("version", "lost"), [("10.11.11", 1), ("12.0.0", 0)])
+def test_a_sub_folder_whose_listing_fails(libraries: list[Library], movies: Path, session: requests.Session,
+                                          version: str, lost: int) -> None:
+    # 10.11 treats the children of a folder whose listing throws as removed; 12.x keeps them.
+    with JellyfinEmulator(libraries=libraries, version=version) as jellyfin:
+        jellyfin.index()
+        jellyfin.unlistable.add(str(movies / "disk2"))
+        assert Client(jellyfin, session).request("POST", "/Library/Refresh").status_code == 204
+        assert jellyfin.wait_for_scans_idle(TIMEOUT)
+        assert [item.path for item in jellyfin.removed] == [
+            str(movies / "disk2" / "Brazil (1985)" / "Brazil (1985).mp4")][:lost]
+
+
+# ------------------------------------------------------------------------------------------------
+# Backups
+# ------------------------------------------------------------------------------------------------
+
+
+def test_backup_create_list_and_restore(client: Client, jellyfin: JellyfinEmulator, movies: Path) -> None:
+    jellyfin.collections["Favourites"] = [str(movies / "Alien (1979)" / "Alien (1979).mkv")]
+    created = client.request("POST", "/Backup/Create", json={})
+    assert created.status_code == 200
+    manifest = created.json()
+    assert manifest["Options"] == {"Database": True, "Metadata": False, "Trickplay": False, "Subtitles": False}
+    assert manifest["ServerVersion"] == "10.11.11" and manifest["BackupEngineVersion"] == "0.2.0"
+    [backup] = jellyfin.backups
+    assert re.fullmatch(r"jellyfin-backup-\d{14}\.zip", backup.file_name)
+    assert manifest["Path"] == backup.path and backup.path.endswith("/" + backup.file_name)
+    assert client.request("GET", "/Backup").json() == [manifest]
+    assert set(backup.items) == set(jellyfin.items)
+
+    # Removals after the backup, then a restore brings the items and the collection back.
+    shutil.rmtree(movies)
+    touch(movies / "Cube (1997).mkv")
+    assert client.request("POST", "/Library/Refresh").status_code == 204
+    assert jellyfin.wait_for_scans_idle(TIMEOUT) and len(jellyfin.removed) == 2
+    jellyfin.collections["Favourites"].clear()
+    restored = client.request("POST", "/Backup/Restore", json={"ArchiveFileName": backup.file_name})
+    assert restored.status_code == 204
+    assert set(jellyfin.items) == set(backup.items)
+    assert jellyfin.collections["Favourites"] == [str(movies / "Alien (1979)" / "Alien (1979).mkv")]
+    assert jellyfin.restarts == 1
+    assert client.request("POST", "/Backup/Restore", json={"ArchiveFileName": "nope.zip"}).status_code == 404
+    assert client.request("POST", "/Backup/Create", json={"Metadata": True}).json()["Options"]["Metadata"] is True
+    assert jellyfin.violations == []
+
+
+def test_backup_needs_5_gib_free(client: Client, jellyfin: JellyfinEmulator) -> None:
+    jellyfin.backup_free_bytes = 5_368_709_114
+    refused = client.request("POST", "/Backup/Create", json={})
+    assert (refused.status_code, refused.text) == (500, "Error processing request.")
+    jellyfin.backup_free_bytes = 5_368_709_115
+    assert client.request("POST", "/Backup/Create", json={}).status_code == 200
+    assert len(jellyfin.backups) == 1
+
+
+def test_backup_answers_when_the_archive_is_written(client: Client, jellyfin: JellyfinEmulator) -> None:
+    jellyfin.backup_duration = 0.3
+    before = time.monotonic()
+    assert client.request("POST", "/Backup/Create", json={}).status_code == 200
+    assert time.monotonic() - before >= 0.3
+    assert len(jellyfin.backups) == 1
+
+
+@pytest.mark.parametrize(("version", "status"), [("10.11.11", 200), ("12.0.0", 500)])
+def test_backup_during_a_scan(libraries: list[Library], session: requests.Session, version: str, status: int) -> None:
+    with JellyfinEmulator(libraries=libraries, version=version, scan_duration=60) as jellyfin:
+        client = Client(jellyfin, session)
+        assert client.request("POST", "/Library/Refresh").status_code == 204
+        assert client.request("POST", "/Backup/Create", json={}).status_code == status
+
+
+def test_older_servers_have_no_backups(libraries: list[Library], session: requests.Session) -> None:
+    with JellyfinEmulator(libraries=libraries, version="10.10.7") as jellyfin:
+        client = Client(jellyfin, session)
+        assert client.request("POST", "/Backup/Create", json={}).status_code == 404
+        assert client.request("GET", "/Backup").status_code == 404
+        assert jellyfin.violations == []
+
+
+def test_a_newer_archive_is_not_restored(client: Client, jellyfin: JellyfinEmulator) -> None:
+    assert client.request("POST", "/Backup/Create", json={}).status_code == 200
+    jellyfin.version = "10.11.10"  # the server was downgraded
+    [backup] = jellyfin.backups
+    before = jellyfin.items
+    shutil.rmtree(Path(jellyfin.libraries[1].locations[0]))
+    (Path(jellyfin.libraries[1].locations[0]) / "other").mkdir(parents=True)
+    assert client.request("POST", "/Library/Refresh").status_code == 204
+    assert jellyfin.wait_for_scans_idle(TIMEOUT)
+    assert client.request("POST", "/Backup/Restore", json={"ArchiveFileName": backup.file_name}).status_code == 204
+    assert len(jellyfin.items) == len(before) - 1
+    [failure] = jellyfin.restore_failures
+    assert "made for a newer version of Jellyfin (10.11.11)" in failure
+
+
+# ------------------------------------------------------------------------------------------------
+# "Clean up collections and playlists" at start-up
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_startup_clean_up_drops_entries_the_server_cannot_see(
+        client: Client, jellyfin: JellyfinEmulator, movies: Path, tmp_path: Path) -> None:
+    alien = str(movies / "Alien (1979)" / "Alien (1979).mkv")
+    brazil = str(movies / "disk2" / "Brazil (1985)" / "Brazil (1985).mp4")
+    jellyfin.collections["Sci-fi"] = [alien, brazil]
+    jellyfin.playlists["Tonight"] = [brazil]
+    assert CLEANUP_TASK_KEY not in [task["Key"] for task in client.request("GET", "/ScheduledTasks").json()]
+    jellyfin.cleanup_task = True
+    task = client.task(CLEANUP_TASK_KEY)
+    assert (task["Name"], task["Triggers"]) == ("Clean up collections and playlists", [{"Type": "StartupTrigger"}])
+
+    # At boot the second disk is not mounted yet, as the server sees it.
+    (tmp_path / "booting").mkdir()
+    jellyfin.server_paths[str(movies / "disk2")] = str(tmp_path / "booting")
+    assert jellyfin.restart() == [("Sci-fi", brazil), ("Tonight", brazil)]
+    assert jellyfin.collections == {"Sci-fi": [alien]} and jellyfin.playlists == {"Tonight": []}
+    assert client.task(CLEANUP_TASK_KEY)["LastExecutionResult"]["Status"] == "Completed"
+
+    # Without its start-up trigger, a start drops nothing.
+    jellyfin.collections["Sci-fi"].append(brazil)
+    assert client.request("POST", f"/ScheduledTasks/{task['Id']}/Triggers", json=[]).status_code == 204
+    assert jellyfin.restart() == []
+    assert jellyfin.removed_links == [("Sci-fi", brazil), ("Tonight", brazil)]
+    assert jellyfin.violations == []
+
+
+def test_12_0_has_no_clean_up_task(libraries: list[Library], session: requests.Session) -> None:
+    with JellyfinEmulator(libraries=libraries, version="12.0.0") as jellyfin:
+        jellyfin.cleanup_task = True
+        jellyfin.collections["Sci-fi"] = ["/gone.mkv"]
+        keys = [task["Key"] for task in Client(jellyfin, session).request("GET", "/ScheduledTasks").json()]
+        assert CLEANUP_TASK_KEY not in keys
+        assert jellyfin.restart() == []

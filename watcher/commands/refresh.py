@@ -13,7 +13,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from watcher.commands.common import EXIT_OK, EXIT_UNHEALTHY, client_for, learn_mounts, probe, roots_of
+from watcher.commands.common import (
+    EXIT_OK,
+    EXIT_UNHEALTHY,
+    client_for,
+    learn_mounts,
+    probe,
+    roots_of,
+)
 from watcher.config import Config, Root
 from watcher.core import decide as steps
 from watcher.core.debounce import Batch
@@ -21,7 +28,11 @@ from watcher.core.decide import Attempt, Situation, decide
 from watcher.core.gate import RootView
 from watcher.core.machine import part
 from watcher.core.scope import plan
+from watcher.core.serverview import reasons as view_reasons
+from watcher.edges.backup import BackupUnavailable, create_backup
+from watcher.edges.serverview import check_roots
 from watcher.edges.workers import send
+from watcher.errors import JellyfinError
 from watcher.guard import Limits, Prediction, predict
 from watcher.health import Health
 from watcher.jellyfin import JellyfinClient
@@ -47,10 +58,12 @@ def refresh(
     results = probe(config, roots)
     probed_at = attempt.started_at
     scan_deadline = attempt.started_at + config.max_wait
+    backed_up: int | None = None
     for _ in range(MAX_STEPS):
         now = clock()
         situation = Situation(
-            batch, 0.0, _views(results, now, config), probed_at, attempt, dry_run=client is None, allowed=allow_removals
+            batch, 0.0, _views(results, now, config), probed_at, attempt, dry_run=client is None, allowed=allow_removals,
+            backed_up=backed_up,
         )
         decision = decide(now, situation, config)
         match decision.step:
@@ -81,6 +94,21 @@ def refresh(
                 _report(config, attempt.predictions, allow_removals, say)
             case steps.Refuse():
                 return EXIT_UNHEALTHY
+            case steps.CompareViews(roots=ready):
+                assert client is not None
+                in_scope = _in_scope(results, ready, config)
+                attempt.views = view_reasons(check_roots(client, config, in_scope))
+                attempt.asked_at = clock()
+            case steps.HoldForViews(reasons=reasons):
+                for reason in reasons:
+                    say(f"refresh held: {reason}")
+                return EXIT_UNHEALTHY
+            case steps.BackUpFirst(removals=removals):
+                assert client is not None
+                if not _back_up(config, client, removals, say):
+                    return EXIT_UNHEALTHY
+                backed_up = removals
+                attempt.asked_at = clock()
             case steps.SendRefresh(roots=ready):
                 learn_mounts(config, results)
                 return _send(config, client, batch, ready, roots, results, say)
@@ -99,6 +127,32 @@ def _views(results: Sequence[Health], now: float, config: Config) -> dict[str, R
         )
         for health in results
     }
+
+
+def _in_scope(results: Sequence[Health], ready: frozenset[str], config: Config) -> list[Health]:
+    """The roots whose libraries a refresh of ``ready`` scans (every root, server-wide)."""
+    libraries = {health.root.library_id for health in results if str(health.root.path) in ready}
+    if config.scope == "server" or None in libraries:
+        return list(results)
+    return [health for health in results if health.root.library_id in libraries]
+
+
+def _back_up(config: Config, client: JellyfinClient, removals: int, say: Callable[[str], None]) -> bool:
+    """A backup before a refresh that removes items; False when the refresh must not go."""
+    why = f"before removing {removals} item{'s' if removals != 1 else ''}" if removals else "before a confirmed clean-up"
+    try:
+        archive = create_backup(client, config.backup_contents, config.backup_timeout, config.server)
+    except BackupUnavailable as error:
+        say(f"no backup {why}: {error}; the loss guard alone applies")
+        return True
+    except JellyfinError as error:
+        if config.backup_hold_on_failure:
+            say(f"refresh held: the backup {why} failed: {error} (backup.hold_on_failure = false refreshes without one)")
+            return False
+        say(f"backup {why} failed: {error}; refreshing without one (backup.hold_on_failure = false)")
+        return True
+    say(f"backup written {why}: {archive.describe()}")
+    return True
 
 
 def _predict(config: Config, client: JellyfinClient, library_ids: frozenset[str] | None) -> tuple[Prediction, ...]:

@@ -11,12 +11,17 @@ A due batch goes through these steps, each answered by an edge before the next i
 3. **The running scan** (server-wide refreshes only): ``POST /Library/Refresh`` cancels a
    running library scan and queues a new one (Jellyfin's ``LibraryController.RefreshLibrary``
    → ``TaskManager.CancelIfRunningAndQueue``), so a running scan is waited for.
-4. **The loss guard** (:mod:`watcher.guard`): before every refresh (``guard.when =
+4. **Jellyfin's view** (:mod:`watcher.core.serverview`): each root in scope as Jellyfin lists
+   it (``GET /Environment/DirectoryContents``) against this machine's listing; a container
+   blind to a disk, a share missing on Jellyfin's host, hold the refresh.
+5. **The loss guard** (:mod:`watcher.guard`): before every refresh (``guard.when =
    "always"``) or only after deletions, moves and unmounts (``"removals"``), what a scan
    would remove is predicted, and a mass removal refused.
-5. **Health again**, if Jellyfin was asked anything since the probe: its answers can take
+6. **A backup** (``POST /Backup/Create``, Jellyfin 10.11+) before a refresh predicted to
+   remove at least ``backup.min_removals`` items, or any confirmed clean-up.
+7. **Health again**, if Jellyfin was asked anything since the probe: its answers can take
    seconds, and storage gone meanwhile must still hold the refresh back.
-6. **Send.**
+8. **Send.**
 
 :func:`decide` looks at what is known and names the next step; it never waits, reads the
 clock or touches anything.
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING
 from watcher.config import Config
 from watcher.core.debounce import Batch
 from watcher.core.gate import RootView, Verdict, gate
+from watcher.core.protections import backup_due
 
 if TYPE_CHECKING:
     from watcher.guard import Prediction
@@ -67,6 +73,8 @@ class Attempt:
     makes it stale."""
     asked_at: float | None = None
     """When Jellyfin last answered during this attempt (a probe must follow)."""
+    views: tuple[str, ...] | None = None
+    """Why Jellyfin's view holds the refresh (``()``: it agrees; None: not compared yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,8 @@ class Situation:
     dry_run: bool = False
     removals: int = 0
     allowed: int = 0
+    backed_up: int | None = None
+    """Removals the last backup for this batch covered (None: no backup yet)."""
 
 
 # --- steps ------------------------------------------------------------------------------
@@ -130,6 +140,28 @@ class AskScanRunning:
 
 
 @dataclass(frozen=True, slots=True)
+class CompareViews:
+    """Compare Jellyfin's view of the roots of ``roots``' libraries with this machine's."""
+
+    roots: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldForViews:
+    """Jellyfin's view disagrees (``reasons``); look again at ``recheck_at``."""
+
+    reasons: tuple[str, ...]
+    recheck_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BackUpFirst:
+    """Ask Jellyfin for a backup before removing ``removals`` items."""
+
+    removals: int
+
+
+@dataclass(frozen=True, slots=True)
 class PredictRemovals:
     """Run the loss guard for ``library_ids`` (None: every library)."""
 
@@ -152,7 +184,8 @@ class SendRefresh:
 
 
 Step = (
-    Idle | WaitUntil | CheckOpenFiles | ProbeRoots | HoldBack | AskScanRunning | PredictRemovals | Refuse | SendRefresh
+    Idle | WaitUntil | CheckOpenFiles | ProbeRoots | HoldBack | AskScanRunning | CompareViews | HoldForViews
+    | PredictRemovals | Refuse | BackUpFirst | SendRefresh
 )
 
 
@@ -183,6 +216,11 @@ def decide(now: float, situation: Situation, config: Config) -> Decision:
         return Decision(SendRefresh(verdict.ready), verdict)
     if config.scope == "server" and not attempt.scan_idle:
         return Decision(AskScanRunning(), verdict)
+    if config.server_view:
+        if attempt.views is None:
+            return Decision(CompareViews(verdict.ready), verdict)
+        if attempt.views:
+            return Decision(HoldForViews(attempt.views, now + SUPPRESSED_RECHECK), verdict)
     if guard_applies(batch, situation.roots, config):
         wanted = libraries_in_scope(verdict.ready, situation.roots, config.scope)
         if (
@@ -194,6 +232,11 @@ def decide(now: float, situation: Situation, config: Config) -> Decision:
         refusal = refusals(attempt.predictions, config, situation.allowed)
         if refusal:
             return Decision(Refuse(refusal, now + GUARD_RECHECK), verdict)
+        removals = sum(prediction.missing for prediction in attempt.predictions)
+        if config.backup and backup_due(removals, situation.allowed, config.backup_min_removals) and (
+            situation.backed_up is None or removals > situation.backed_up
+        ):
+            return Decision(BackUpFirst(removals), verdict)
     if attempt.asked_at is not None and situation.probed_at < attempt.asked_at:
         return Decision(ProbeRoots(), verdict)
     return Decision(SendRefresh(verdict.ready), verdict)

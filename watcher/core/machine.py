@@ -28,6 +28,9 @@ from watcher.core.gate import RootView
 from watcher.core.messages import (
     Action,
     AskScan,
+    BackedUp,
+    BackUp,
+    CheckViews,
     CheckWrites,
     EventsLost,
     Exit,
@@ -51,6 +54,7 @@ from watcher.core.messages import (
     Unwatch,
     Verified,
     Verify,
+    ViewsChecked,
     Watched,
     WritesChecked,
     debug,
@@ -60,6 +64,7 @@ from watcher.core.messages import (
 )
 from watcher.core.roots import RootTracker
 from watcher.core.scope import RefreshRequest, plan
+from watcher.core.serverview import reasons as view_reasons
 from watcher.core.writes import WriteTracker
 from watcher.errors import ConfigError, ServerUnavailable, SetupError, WatcherError
 from watcher.filters import IgnoreFilter
@@ -78,6 +83,18 @@ class LastRefresh:
 
     at: float
     result: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRecord:
+    """The last backup Jellyfin wrote for the watcher: ``at`` is a clock reading."""
+
+    archive: str
+    path: str
+    holds: tuple[str, ...]
+    version: str
+    at: float
+    removals: int
 
 
 @dataclass(slots=True)
@@ -127,6 +144,13 @@ class Core:
         self.held = ""
         """The gate's reasons last logged (logged again only when they change)."""
         self.refused = ""
+        self.views_held = ""
+        """Why Jellyfin's view holds the batch, as last logged ("" when it agrees)."""
+        self.backup_held = ""
+        """Why a failed backup holds the batch ("" when none did)."""
+        self.backed_up: int | None = None
+        """Removals the last backup covered, for retries of the same batch (None: none yet)."""
+        self.last_backup: BackupRecord | None = None
         self.waiting_for_scan = False
         self.last_error = ""
         self.last_refresh: LastRefresh | None = None
@@ -206,6 +230,10 @@ class Core:
                 self._on_scan_checked(now, item, actions)
             case Predicted():
                 self._on_predicted(now, item, actions)
+            case ViewsChecked():
+                self._on_views_checked(now, item, actions)
+            case BackedUp():
+                self._on_backed_up(now, item, actions)
             case SendDone():
                 self._on_sent(now, item, actions)
             case JobFailed() | JobCrashed():
@@ -262,8 +290,9 @@ class Core:
     def held_reason(self) -> str:
         """Why the pending batch is held back ("" when it is not)."""
         batch = self.debouncer.pending
-        if self.held or self.refused:
-            return self.held or self.refused
+        for reason in (self.held, self.refused, self.views_held, self.backup_held):
+            if reason:
+                return reason
         return self.last_error if batch is not None else ""
 
     # --- events ------------------------------------------------------------------------
@@ -511,6 +540,7 @@ class Core:
             dry_run=self.dry_run,
             removals=self.removals,
             allowed=allowed,
+            backed_up=self.backed_up,
         )
 
     def _advance(self, now: float, actions: list[Action]) -> None:
@@ -595,6 +625,23 @@ class Core:
                 if "AskScan" not in self.jobs.running:
                     self.jobs.running.add("AskScan")
                     actions.append(AskScan())
+            case steps.CompareViews(roots=ready):
+                if "CheckViews" not in self.jobs.running:
+                    self.jobs.running.add("CheckViews")
+                    actions.append(self._check_views(ready))
+            case steps.HoldForViews(reasons=reasons, recheck_at=recheck_at):
+                held = "; ".join(reasons)
+                if held != self.views_held:
+                    changes = self.debouncer.pending.changes if self.debouncer.pending else 0
+                    actions.append(warning(f"refresh held: {held}; keeping {changes} changes"))
+                    self.views_held = held
+                self.retry_at = recheck_at
+                self.attempt = None
+                return recheck_at
+            case steps.BackUpFirst(removals=removals):
+                if "BackUp" not in self.jobs.running:
+                    self.jobs.running.add("BackUp")
+                    actions.append(BackUp(removals))
             case steps.PredictRemovals(library_ids=library_ids):
                 if "Predict" not in self.jobs.running:
                     self.jobs.running.add("Predict")
@@ -699,6 +746,57 @@ class Core:
         self.attempt.predictions = predicted.predictions
         self.attempt.asked_at = now
 
+    def _check_views(self, ready: frozenset[str]) -> CheckViews:
+        """Jellyfin's view of the roots a refresh of ``ready`` scans: its libraries' roots (every
+        root for a server-wide refresh or a root of unknown library)."""
+        trackers = list(self.roots.values())
+        if self.config.scope != "server":
+            libraries = {self.roots[key].root.library_id for key in ready if key in self.roots}
+            if None not in libraries:
+                trackers = [tracker for tracker in trackers if tracker.root.library_id in libraries]
+        healths = tuple(tracker.health for tracker in trackers if tracker.health is not None)
+        batch = self.debouncer.pending
+        return CheckViews(healths, batch.folders if batch is not None else frozenset())
+
+    def _on_views_checked(self, now: float, checked: ViewsChecked, actions: list[Action]) -> None:
+        self.jobs.running.discard("CheckViews")
+        for comparison in checked.comparisons:
+            actions.append(debug(f"{comparison.target.local}: {comparison.describe()}"))
+        if self.attempt is None:
+            return
+        self.attempt.views = view_reasons(checked.comparisons)
+        self.attempt.asked_at = now
+        if not self.attempt.views and self.views_held:
+            actions.append(info("Jellyfin's view of the roots agrees with this machine's again: refreshing"))
+            self.views_held = ""
+
+    def _on_backed_up(self, now: float, done: BackedUp, actions: list[Action]) -> None:
+        self.jobs.running.discard("BackUp")
+        if self.attempt is not None:
+            self.attempt.asked_at = now
+        if done.archive is not None:
+            self.backed_up = done.removals
+            self.backup_held = ""
+            archive = done.archive
+            self.last_backup = BackupRecord(archive.name, archive.path, archive.holds, archive.version, now, done.removals)
+            actions.append(info(f"backup written before removing {done.removals} items: {archive.describe()}"))
+        elif done.unavailable:
+            self.backed_up = done.removals
+            actions.append(info(f"no backup before removing {done.removals} items: {done.unavailable}; "
+                                "the loss guard alone applies"))
+        else:
+            message = f"the backup before removing {done.removals} items failed: {done.failure}"
+            if not self.config.backup_hold_on_failure:
+                self.backed_up = done.removals
+                actions.append(warning(f"{message}; refreshing without one (backup.hold_on_failure = false)"))
+                return
+            if message != self.backup_held:
+                actions.append(error(f"refresh held: {message}; keeping the changes "
+                                     "(backup.hold_on_failure = false refreshes without one)"))
+                self.backup_held = message
+            self.retry_at = now + steps.GUARD_RECHECK
+            self.attempt = None
+
     def _on_writes_checked(self, now: float, checked: WritesChecked, actions: list[Action]) -> None:
         self.jobs.running.discard("CheckWrites")
         attempt = self.attempt
@@ -750,6 +848,8 @@ class Core:
         self.backoff.succeeded()
         self.retry_at = 0.0
         self.last_error = ""
+        self.backed_up = None
+        self.backup_held = self.views_held = ""
         self.last_refresh = LastRefresh(now, result)
         actions.append(self._save())
 
@@ -794,6 +894,8 @@ def _doing(job: str) -> str:
         "AskScan": "asking whether a library scan is running",
         "Predict": "predicting removals",
         "CheckWrites": "checking the files being written",
+        "CheckViews": "comparing Jellyfin's view of the roots",
+        "BackUp": "asking Jellyfin for a backup",
     }.get(job, job)
 
 
@@ -859,6 +961,7 @@ class Snapshot:
     pending: PendingSnapshot | None
     last_refresh: LastRefresh | None
     dry_run: bool
+    last_backup: BackupRecord | None = None
 
 
 def snapshot(core: Core, now: float) -> Snapshot:
@@ -892,4 +995,4 @@ def snapshot(core: Core, now: float) -> Snapshot:
         pending = PendingSnapshot(
             batch.changes, tuple(sorted(batch.roots)), core.due_at(now), core.held_reason(), batch.first_change
         )
-    return Snapshot(tuple(roots), pending, core.last_refresh, core.dry_run)
+    return Snapshot(tuple(roots), pending, core.last_refresh, core.dry_run, core.last_backup)

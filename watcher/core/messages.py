@@ -20,6 +20,8 @@ from watcher.core.writes import WriteCheck
 from watcher.errors import WatcherError
 
 if TYPE_CHECKING:
+    from watcher.core.serverview import Comparison
+    from watcher.edges.backup import Archive
     from watcher.guard import Prediction
     from watcher.health import Health
     from watcher.poll import PollResult
@@ -127,6 +129,24 @@ class Predicted:
 
 
 @dataclass(frozen=True, slots=True)
+class ViewsChecked:
+    """Jellyfin's view of the roots in scope, compared with this machine's."""
+
+    comparisons: tuple[Comparison, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BackedUp:
+    """A :class:`BackUp` ended: ``archive`` written; or ``unavailable`` (this server makes no
+    backups: why), or ``failure`` (it failed)."""
+
+    removals: int
+    archive: Archive | None = None
+    unavailable: str = ""
+    failure: WatcherError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SendDone:
     """A :class:`Send` ended: ``sent`` went through, then ``error`` stopped the rest (if any)."""
 
@@ -166,7 +186,8 @@ class Tick:
 if TYPE_CHECKING:
     Item = (
         FileEvent | EventsLost | MountsChanged | Stop | Reload | Probed | Watched | Verified | PollResult
-        | WritesChecked | RootsRead | ScanChecked | Predicted | SendDone | JobFailed | JobCrashed | Tick
+        | WritesChecked | RootsRead | ScanChecked | ViewsChecked | Predicted | BackedUp | SendDone | JobFailed
+        | JobCrashed | Tick
     )
 
 # --- actions: out of the core ---------------------------------------------------------
@@ -272,6 +293,24 @@ class Predict:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckViews:
+    """List the roots of ``healths`` (and the mount points below them) as Jellyfin and this
+    machine see them, and compare (``changed_folders``: changes in flight); answers
+    :class:`ViewsChecked`."""
+
+    healths: tuple[Health, ...]
+    changed_folders: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class BackUp:
+    """Ask Jellyfin for a backup before a refresh that removes ``removals`` items; answers
+    :class:`BackedUp`."""
+
+    removals: int
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """Send ``requests`` in order, for ``batch`` (taken from the debouncer); answers
     :class:`SendDone`."""
@@ -300,6 +339,6 @@ class Exit:
 
 
 Action = (
-    Log | Probe | Watch | Unwatch | DropEvents | Verify | CheckWrites | ReadRoots | AskScan | Predict | Send | Save
-    | Ready | Exit
+    Log | Probe | Watch | Unwatch | DropEvents | Verify | CheckWrites | ReadRoots | AskScan | CheckViews | Predict
+    | BackUp | Send | Save | Ready | Exit
 )

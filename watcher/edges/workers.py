@@ -28,6 +28,9 @@ from watcher.core.libraries import needs_libraries, resolve_roots
 from watcher.core.messages import (
     Action,
     AskScan,
+    BackedUp,
+    BackUp,
+    CheckViews,
     CheckWrites,
     DropEvents,
     JobCrashed,
@@ -46,16 +49,19 @@ from watcher.core.messages import (
     Unwatch,
     Verified,
     Verify,
+    ViewsChecked,
     Watch,
     Watched,
     WritesChecked,
 )
 from watcher.core.scope import RefreshRequest
+from watcher.edges.backup import BackupUnavailable, create_backup
+from watcher.edges.serverview import check_roots
 from watcher.edges.writes import check_writes
 from watcher.errors import JellyfinError, WatcherError
 from watcher.filters import IgnoreFilter
 from watcher.guard import predict
-from watcher.health import probe_roots
+from watcher.health import Health, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.poll import RootPoller
 from watcher.state import StateStore
@@ -179,6 +185,10 @@ class Executor:
                 self._server.submit("AskScan", self._ask_scan)
             case Predict(library_ids=library_ids):
                 self._server.submit("Predict", lambda: self._predict(library_ids))
+            case CheckViews(healths=healths, changed_folders=folders):
+                self._server.submit("CheckViews", lambda: self._check_views(healths, folders))
+            case BackUp(removals=removals):
+                self._server.submit("BackUp", lambda: self._back_up(removals))
             case Send(batch=batch, requests=requests):
                 self._server.submit("Send", lambda: self._send(batch, requests))
             case _:
@@ -294,6 +304,24 @@ class Executor:
             )
         except JellyfinError as error:
             return JobFailed("Predict", error)
+
+    def _check_views(self, healths: tuple[Health, ...], folders: frozenset[str]) -> ViewsChecked | JobFailed:
+        client = self._need_client()
+        try:
+            return ViewsChecked(check_roots(client, self.config, healths, folders, self._stop))
+        except JellyfinError as error:
+            return JobFailed("CheckViews", error)
+
+    def _back_up(self, removals: int) -> BackedUp:
+        client = self._need_client()
+        config = self.config
+        try:
+            archive = create_backup(client, config.backup_contents, config.backup_timeout, config.server)
+        except BackupUnavailable as error:
+            return BackedUp(removals, unavailable=str(error))
+        except JellyfinError as error:
+            return BackedUp(removals, failure=error)
+        return BackedUp(removals, archive=archive)
 
     def _send(self, batch: Any, requests: tuple[RefreshRequest, ...]) -> SendDone:
         client = self._need_client()

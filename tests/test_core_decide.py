@@ -46,6 +46,7 @@ def situation(
     dry_run: bool = False,
     removals: int = 0,
     allowed: int = 0,
+    backed_up: int | None = None,
 ) -> Situation:
     return Situation(
         pending if pending is not None else batch("/media/movies"),
@@ -57,6 +58,7 @@ def situation(
         dry_run=dry_run,
         removals=removals,
         allowed=allowed,
+        backed_up=backed_up,
     )
 
 
@@ -65,9 +67,10 @@ def prediction(name: str, item_id: str, items: int, missing: int, unresponsive: 
     return Prediction(Library(name, item_id, (f"/media/{name.lower()}",)), items, missing, examples, unresponsive, 1)
 
 
-ALWAYS = Config(scope="library", gate="library")
-SERVER = Config()
-REMOVALS = Config(scope="library", gate="library", guard_when="removals")
+ALWAYS = Config(scope="library", gate="library", server_view=False)
+SERVER = Config(server_view=False)
+REMOVALS = Config(scope="library", gate="library", guard_when="removals", server_view=False)
+VIEWS = Config(scope="library", gate="library")  # Jellyfin's view compared too (the default)
 ready = frozenset({"/media/movies"})
 
 
@@ -80,7 +83,7 @@ STEPS = [
     ("open files are checked first", ALWAYS, situation(open_files=2), 100.0, steps.CheckOpenFiles()),
     ("a probe older than the attempt is not enough", ALWAYS, situation(probed_at=99.0), 100.0, steps.ProbeRoots()),
     ("never probed", ALWAYS, situation(probed_at=None), 100.0, steps.ProbeRoots()),
-    ("gate all: an unhealthy root holds everything", Config(), situation(roots=views(UNMOUNTED)), 100.0,
+    ("gate all: an unhealthy root holds everything", SERVER, situation(roots=views(UNMOUNTED)), 100.0,
      steps.HoldBack(105.0)),
     ("gate library: another library's root does not hold this one", ALWAYS,
      situation(roots=views(UNMOUNTED), attempt=Attempt(100.0, predictions=(), predicted_for=frozenset({MOVIES}))),
@@ -100,8 +103,27 @@ STEPS = [
      100.0, steps.PredictRemovals(frozenset({MOVIES}))),
     ("guard.when = removals: an unhealthy root without health gate is predicted", REMOVALS,
      situation(roots=views(ungated_unhealthy=True)), 100.0, steps.PredictRemovals(frozenset({MOVIES}))),
-    ("guard off: straight to the send", Config(scope="library", gate="library", guard=False), situation(), 100.0,
-     steps.SendRefresh(ready)),
+    ("guard off: straight to the send", replace(ALWAYS, guard=False), situation(), 100.0, steps.SendRefresh(ready)),
+    ("Jellyfin's view is compared before the guard", VIEWS, situation(), 100.0, steps.CompareViews(ready)),
+    ("Jellyfin's view disagrees: held, looked at again", VIEWS, situation(attempt=Attempt(100.0, views=("empty",))),
+     100.0, steps.HoldForViews(("empty",), 105.0)),
+    ("Jellyfin's view agrees: on to the guard", VIEWS, situation(attempt=Attempt(100.0, views=())), 100.0,
+     steps.PredictRemovals(frozenset({MOVIES}))),
+    ("a removal of backup.min_removals items: a backup first", ALWAYS,
+     situation(attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 1000, 12),),
+                               predicted_for=frozenset({MOVIES}))), 100.0, steps.BackUpFirst(12)),
+    ("fewer removals: no backup", ALWAYS,
+     situation(attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 1000, 9),),
+                               predicted_for=frozenset({MOVIES}))), 100.0, steps.SendRefresh(ready)),
+    ("a confirmed clean-up: always a backup", ALWAYS,
+     situation(allowed=60, attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 100, 60),),
+                                           predicted_for=frozenset({MOVIES}))), 100.0, steps.BackUpFirst(60)),
+    ("the backup covers these removals: no second one", ALWAYS,
+     situation(backed_up=12, attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 1000, 12),),
+                                             predicted_for=frozenset({MOVIES}))), 100.0, steps.SendRefresh(ready)),
+    ("backups off", replace(ALWAYS, backup=False),
+     situation(attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 1000, 12),),
+                               predicted_for=frozenset({MOVIES}))), 100.0, steps.SendRefresh(ready)),
     ("Jellyfin answered after the probe: probe again before sending", ALWAYS,
      situation(attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 100, 0),),
                                predicted_for=frozenset({MOVIES}), asked_at=101.0)), 102.0, steps.ProbeRoots()),

@@ -21,6 +21,9 @@ from watcher.core.machine import READY_DEADLINE, Core, snapshot
 from watcher.core.messages import (
     Action,
     AskScan,
+    BackedUp,
+    BackUp,
+    CheckViews,
     CheckWrites,
     DropEvents,
     EventsLost,
@@ -45,10 +48,13 @@ from watcher.core.messages import (
     Unwatch,
     Verified,
     Verify,
+    ViewsChecked,
     Watch,
     Watched,
     WritesChecked,
 )
+from watcher.core.serverview import Comparison, Kind, Listing, Target
+from watcher.core.serverview import Verdict as ViewVerdict
 from watcher.core.writes import WriteCheck
 from watcher.errors import ServerUnavailable, UnexpectedAnswer
 from watcher.guard import Prediction
@@ -63,7 +69,8 @@ MOVIES_ID = "a" * 32
 MOVIES = Root(Path("/media/movies"), library_id=MOVIES_ID, library_name="Movies")
 SHOWS = Root(Path("/media/shows"), library_id="b" * 32, library_name="Shows")
 QUIET = 30.0
-CONFIG = Config(quiet_period=QUIET, max_wait=600.0, settle=10.0, health_interval=60.0, scope="library", gate="library")
+CONFIG = Config(quiet_period=QUIET, max_wait=600.0, settle=10.0, health_interval=60.0, scope="library", gate="library",
+                server_view=False)
 
 
 def healthy(root: Root, mount_id: int = 7) -> Health:
@@ -488,3 +495,77 @@ def test_snapshot_shows_what_status_prints() -> None:
     states: dict[str, Any] = {root.path: root.state for root in shown.roots}
     assert states == {"/media/movies": "healthy", "/media/shows": "unmounted"}
     assert shown.pending is not None and shown.pending.changes == 1
+
+
+# --- Jellyfin's view and backups ---------------------------------------------------------------
+
+
+def _comparison(hold: bool) -> Comparison:
+    target = Target("/media/movies", "/data/movies", "/media/movies", mount_point=True)
+    here = Listing(Kind.LISTED, frozenset({"A (2001)", "B (2002)"}))
+    if not hold:
+        return Comparison(target, here, here, ViewVerdict.AGREE)
+    return Comparison(target, Listing(Kind.LISTED), here, ViewVerdict.HOLD,
+                      "Jellyfin sees /data/movies empty where this machine has 2 entries: a container volume without rslave?")
+
+
+def test_jellyfins_view_disagreeing_holds_once_and_agreeing_again_lets_it_go() -> None:
+    daemon = Daemon(config=replace(CONFIG, server_view=True))
+    daemon.change(1.0)
+    actions = daemon.probe_answered(31.0, daemon.feed(31.0, Tick()))
+    check = daemon.one(actions, CheckViews)
+    assert [str(health.root.path) for health in check.healths] == ["/media/movies"]
+    held = []
+    for now in (31.5, 37.0, 43.0):
+        actions = daemon.feed(now, ViewsChecked((_comparison(hold=True),)))
+        held += logged(actions, logging.WARNING)
+        assert daemon.core.due_at(now) == now + 5.0
+        actions = daemon.probe_answered(now + 5, daemon.feed(now + 5, Tick()))
+        assert of(actions, CheckViews), "compared again 5 s later"
+    assert held == ["refresh held: Jellyfin sees /data/movies empty where this machine has 2 entries: a container "
+                    "volume without rslave?; keeping 1 changes"]
+    assert "Jellyfin sees /data/movies empty" in daemon.core.held_reason()
+    actions = daemon.feed(49.0, ViewsChecked((_comparison(hold=False),)))
+    assert "Jellyfin's view of the roots agrees with this machine's again: refreshing" in logged(actions)
+    assert of(actions, Predict)
+
+
+def test_a_backup_comes_before_a_removal_and_a_failed_one_holds_the_refresh() -> None:
+    from watcher.edges.backup import Archive
+
+    daemon = Daemon()
+    daemon.change(1.0, kind="deleted")
+    library = Library("Movies", MOVIES_ID, ("/media/movies",))
+    missing = Prediction(library, 1000, 12, ("/media/movies/a.mkv",), pages=1)
+    actions = daemon.probe_answered(31.0, daemon.feed(31.0, Tick()))
+    actions = daemon.feed(31.5, Predicted((missing,)))
+    assert daemon.one(actions, BackUp).removals == 12
+    actions = daemon.feed(40.0, BackedUp(12, failure=ServerUnavailable("POST /Backup/Create: no answer within 600 s")))
+    assert logged(actions, logging.ERROR) == [
+        "refresh held: the backup before removing 12 items failed: POST /Backup/Create: no answer within 600 s; "
+        "keeping the changes (backup.hold_on_failure = false refreshes without one)"
+    ]
+    assert not of(daemon.log, Send) and daemon.core.due_at(40.0) == 100.0
+    actions = daemon.probe_answered(100.0, daemon.feed(100.0, Tick()))
+    actions = daemon.feed(100.5, Predicted((missing,)))
+    archive = Archive("jellyfin-backup-20261130020000.zip", "/config/backups/jellyfin-backup-20261130020000.zip",
+                      ("database",), "10.11.11")
+    actions = daemon.feed(101.0, BackedUp(12, archive=archive))
+    assert ("backup written before removing 12 items: jellyfin-backup-20261130020000.zip (database; Jellyfin 10.11.11)"
+            in logged(actions))
+    send = daemon.one(daemon.probe_answered(101.1, actions), Send)
+    daemon.feed(102.0, SendDone(send.batch, send.requests, send.requests))
+    shown = snapshot(daemon.core, 102.0).last_backup
+    assert shown is not None and shown.archive == archive.name and shown.removals == 12
+
+
+def test_a_server_without_backups_refreshes_with_the_guard_alone() -> None:
+    daemon = Daemon()
+    daemon.change(1.0, kind="deleted")
+    library = Library("Movies", MOVIES_ID, ("/media/movies",))
+    actions = daemon.probe_answered(31.0, daemon.feed(31.0, Tick()))
+    actions = daemon.feed(31.5, Predicted((Prediction(library, 1000, 12, pages=1),)))
+    actions = daemon.feed(32.0, BackedUp(12, unavailable="Jellyfin 10.10.7 has no backups (10.11 or later)"))
+    assert ("no backup before removing 12 items: Jellyfin 10.10.7 has no backups (10.11 or later); "
+            "the loss guard alone applies") in logged(actions)
+    assert of(daemon.probe_answered(32.1, actions), Send)

@@ -301,16 +301,24 @@ def test_anything_unexpected_in_a_job_is_an_error_and_the_batch_is_retried() -> 
 def test_a_running_scan_is_waited_for_and_said_once() -> None:
     daemon = Daemon(config=replace(CONFIG, scope="server", gate="all"))
     daemon.change(1.0)
-    actions = daemon.probe_answered(31.0, daemon.feed(31.0, Tick()))
-    assert of(actions, AskScan)
+    library = Library("Movies", MOVIES_ID, ("/media/movies",))
+
+    def until_asked(now: float) -> list[Action]:
+        actions = daemon.probe_answered(now, daemon.feed(now, Tick()))
+        assert daemon.one(actions, Predict).library_ids is None  # server-wide: every library
+        return daemon.feed(now + 0.1, Predicted((Prediction(library, 100, 0, pages=1),)))
+
     said = []
-    for now in (31.5, 36.5, 41.5):
-        said += logged(daemon.feed(now, ScanChecked(True)))
-        actions = daemon.probe_answered(now + 5, daemon.feed(now + 5, Tick()))
-        assert of(actions, AskScan), "asked again 5 s later"
+    now = 31.0
+    for _ in range(3):
+        assert of(until_asked(now), AskScan), "the scan is asked about last, right before the send"
+        said += logged(daemon.feed(now + 0.25, ScanChecked(True)))
+        assert daemon.core.due_at(now + 0.25) == now + 5.25
+        now += 5.25
     assert said.count("a library scan is running in Jellyfin: waiting for it to end before refreshing") == 1
-    actions = daemon.feed(47.0, ScanChecked(False))
-    assert of(actions, Predict) and daemon.one(actions, Predict).library_ids is None  # server-wide: every library
+    assert of(until_asked(now), AskScan)
+    actions = daemon.probe_answered(now + 0.5, daemon.feed(now + 0.25, ScanChecked(False)))
+    assert of(actions, Send), "the scan ended: probed again, then sent"
 
 
 def test_a_refusal_holds_the_batch_and_new_changes_predict_again() -> None:

@@ -8,17 +8,18 @@ A due batch goes through these steps, each answered by an edge before the next i
    one quiet period later).
 2. **Health.** Every root is probed — a probe begun after the batch fell due — and the health
    gate (:mod:`watcher.core.gate`) holds back what is not ready.
-3. **The running scan** (server-wide refreshes only): ``POST /Library/Refresh`` cancels a
-   running library scan and queues a new one (Jellyfin's ``LibraryController.RefreshLibrary``
-   → ``TaskManager.CancelIfRunningAndQueue``), so a running scan is waited for.
-4. **Jellyfin's view** (:mod:`watcher.core.serverview`): each root in scope as Jellyfin lists
+3. **Jellyfin's view** (:mod:`watcher.core.serverview`): each root in scope as Jellyfin lists
    it (``GET /Environment/DirectoryContents``) against this machine's listing; a container
    blind to a disk, a share missing on Jellyfin's host, hold the refresh.
-5. **The loss guard** (:mod:`watcher.guard`): before every refresh (``guard.when =
+4. **The loss guard** (:mod:`watcher.guard`): before every refresh (``guard.when =
    "always"``) or only after deletions, moves and unmounts (``"removals"``), what a scan
    would remove is predicted, and a mass removal refused.
-6. **A backup** (``POST /Backup/Create``, Jellyfin 10.11+) before a refresh predicted to
+5. **A backup** (``POST /Backup/Create``, Jellyfin 10.11+) before a refresh predicted to
    remove at least ``backup.min_removals`` items, or any confirmed clean-up.
+6. **The running scan** (server-wide refreshes only), asked last, right before the send:
+   ``POST /Library/Refresh`` cancels a running library scan and queues a new one (Jellyfin's
+   ``LibraryController.RefreshLibrary`` → ``TaskManager.CancelIfRunningAndQueue``), so a
+   running scan is waited for.
 7. **Health again**, if Jellyfin was asked anything since the probe: its answers can take
    seconds, and storage gone meanwhile must still hold the refresh back.
 8. **Send.**
@@ -214,8 +215,6 @@ def decide(now: float, situation: Situation, config: Config) -> Decision:
         return Decision(HoldBack(now + SUPPRESSED_RECHECK), verdict)
     if situation.dry_run:
         return Decision(SendRefresh(verdict.ready), verdict)
-    if config.scope == "server" and not attempt.scan_idle:
-        return Decision(AskScanRunning(), verdict)
     if config.server_view:
         if attempt.views is None:
             return Decision(CompareViews(verdict.ready), verdict)
@@ -237,6 +236,8 @@ def decide(now: float, situation: Situation, config: Config) -> Decision:
             situation.backed_up is None or removals > situation.backed_up
         ):
             return Decision(BackUpFirst(removals), verdict)
+    if config.scope == "server" and not attempt.scan_idle:
+        return Decision(AskScanRunning(), verdict)
     if attempt.asked_at is not None and situation.probed_at < attempt.asked_at:
         return Decision(ProbeRoots(), verdict)
     return Decision(SendRefresh(verdict.ready), verdict)

@@ -51,20 +51,22 @@ from typing import Self
 CACHE = Path(os.environ.get("JELLYFIN_WATCHER_TEST_CACHE", "/var/cache/jellyfin-watcher-tests"))
 """Where root filesystems are kept between test runs (outside the repository)."""
 
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3", "python3-venv")
+"""systemd as PID 1, D-Bus and logind (user managers of lingering users), Python for the
+wheel. Deliberately not procps: minimal images have no ``/bin/kill``, and the units must not
+need one."""
+AFTER = ("apt-get clean",)
+"""Shell commands run in the new tree (``chroot``) once debootstrap is done."""
+
 RECIPE: Mapping[str, object] = {
-    "tool": "debootstrap",
-    "variant": "minbase",
-    "suite": "bookworm",
-    "mirror": "http://deb.debian.org/debian",
-    # systemd as PID 1, D-Bus and logind (user managers of lingering users), Python for the
-    # wheel. Deliberately not procps: minimal images have no /bin/kill, and the units must
-    # not need one.
-    "include": ["systemd", "systemd-sysv", "dbus", "libpam-systemd", "python3", "python3-venv"],
-    "after": ["apt-get clean"],
+    "command": ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, MIRROR],
+    "after": list(AFTER),
     "version": 1,
 }
-"""What :func:`cached_rootfs` builds; a change of any value (``version`` for a change in how
-it is built) builds a new tree."""
+"""What :func:`cached_rootfs` builds, hashed into the cache key: a change of any value
+(``version`` for a change in how it is built) builds a new tree."""
 
 BUILD_TIMEOUT = 900.0
 """Seconds ``debootstrap`` may take (measured here: about a minute; five on a slow mirror)."""
@@ -107,9 +109,7 @@ def _tail(text: str, lines: int = 15) -> str:
 
 def _build(target: Path) -> None:
     """Run :data:`RECIPE` into ``target`` (which must not exist). Raises :class:`Unavailable`."""
-    include = ",".join(RECIPE["include"])  # type: ignore[arg-type]
-    command = ["debootstrap", f"--variant={RECIPE['variant']}", f"--include={include}",
-               str(RECIPE["suite"]), str(target), str(RECIPE["mirror"])]
+    command = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(target), MIRROR]
     try:
         built = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
@@ -117,9 +117,9 @@ def _build(target: Path) -> None:
     if built.returncode != 0:
         log = target / "debootstrap" / "debootstrap.log"
         details = log.read_text(errors="replace") if log.exists() else built.stdout + built.stderr
-        raise Unavailable(f"debootstrap failed (exit {built.returncode}; offline, or {RECIPE['mirror']} "
+        raise Unavailable(f"debootstrap failed (exit {built.returncode}; offline, or {MIRROR} "
                           f"unreachable?):\n{_tail(details)}")
-    for step in RECIPE["after"]:  # type: ignore[attr-defined]
+    for step in AFTER:
         done = subprocess.run(["chroot", str(target), "sh", "-c", step], capture_output=True, text=True,
                               timeout=300, check=False, env={"PATH": PATH, "LANG": "C.UTF-8"})
         if done.returncode != 0:
@@ -174,9 +174,7 @@ def _forget_other_recipes(key: str) -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            shutil.rmtree(CACHE / other, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                lock_path.unlink()
+            shutil.rmtree(CACHE / other, ignore_errors=True)  # the empty lock file stays: no race on it
 
 
 def _host_runs_systemd() -> bool:
@@ -186,9 +184,9 @@ def _host_runs_systemd() -> bool:
 class Container:
     """A booted overlay of ``rootfs``; all its own files live under ``workdir``.
 
-    Use as a context manager: ``with Container(rootfs, workdir, name) as machine:``.
-    ``prepare`` (optional) is called with the overlay's merged folder before the boot,
-    e.g. to put files in place.
+    ``with Container(rootfs, workdir, name) as machine:`` boots it and powers it off; or
+    :meth:`mount_overlay` (then put files in the merged folder), :meth:`boot` and, always,
+    :meth:`close`.
     """
 
     def __init__(self, rootfs: Path, workdir: Path, name: str) -> None:

@@ -495,9 +495,10 @@ class Service:
         timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
         identities = [(record.key, record.watched_as) for record in records]
         paths = [record.root.path for record in records]
+        ignore = self._ignore.regex
 
         def run() -> None:
-            self._queue.put(_Verified(tuple(identities), tuple(coverage(paths, timeout, self._stop))))
+            self._queue.put(_Verified(tuple(identities), tuple(coverage(paths, timeout, self._stop, ignore))))
 
         threading.Thread(target=run, name="verify-watches", daemon=True).start()
 

@@ -24,15 +24,20 @@ MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 
 # Lists every folder under each root without following symlinks (a symlink loop cannot
 # trap it): one line per root with the folders' (device, inode) pairs and the folders that
-# could not be listed.
+# could not be listed. argv: the ignore regex, then the roots. Ignored folders are left out:
+# their changes do not matter, and some are unreadable by design (``lost+found``, root-only
+# on every ext2/3/4 file system, which Jellyfin ignores too).
 _WALK_PROGRAM = r"""
-import json, os, sys
-for index, root in enumerate(sys.argv[1:]):
+import json, os, re, sys
+pattern = sys.argv[1]
+ignored = re.compile(pattern, re.IGNORECASE | re.DOTALL).match if pattern else (lambda name: None)
+for index, root in enumerate(sys.argv[2:]):
     folders, denied, paths, reasons = [], [], {}, []
     def failed(error, path=None):
         denied.append(path or error.filename)
         reasons.append([error.errno, error.strerror])
     for path, names, _ in os.walk(root, onerror=failed):
+        names[:] = [name for name in names if not ignored(name)]
         try:
             status = os.stat(path, follow_symlinks=False)
         except OSError as error:
@@ -147,13 +152,15 @@ def watch_limit() -> int | None:
         return None
 
 
-def coverage(roots: Sequence[Path], timeout: float, stop: threading.Event | None = None) -> list[Coverage]:
+def coverage(roots: Sequence[Path], timeout: float, stop: threading.Event | None = None,
+             ignore_regex: str = "") -> list[Coverage]:
     """Compare the folders under each root with the watches held; one :class:`Coverage`
     per root, in order. A root whose listing did not finish in ``timeout`` seconds has
-    ``complete=False`` and is not judged."""
+    ``complete=False`` and is not judged. Folders whose name matches ``ignore_regex``
+    (:attr:`IgnoreFilter.regex`) are left out, with everything below them."""
     if not roots:
         return []
-    lines, _ = run_child(_WALK_PROGRAM, [str(root) for root in roots], timeout, stop)
+    lines, _ = run_child(_WALK_PROGRAM, [ignore_regex, *(str(root) for root in roots)], timeout, stop)
     by_index = {int(line["index"]): line for line in lines}  # type: ignore[call-overload]
     watched = watched_inodes()
     limit = watch_limit()

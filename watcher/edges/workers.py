@@ -253,7 +253,8 @@ class Executor:
         self.watcher.unwatch(root.path)
 
     def _verify(self, root: Root, ticket: int) -> Verified:
-        [result] = coverage([root.path], max(self.config.probe_timeout, VERIFY_TIMEOUT), self._stop)
+        [result] = coverage([root.path], max(self.config.probe_timeout, VERIFY_TIMEOUT), self._stop,
+                            IgnoreFilter(self.config.ignore).regex)
         return Verified(str(root.path), ticket, result)
 
     def _check_writes(self, paths: tuple[str, ...]) -> WritesChecked:

@@ -603,6 +603,10 @@ class Core:
             return due if due is not None else float("inf")
         if self.attempt is None:
             self.attempt = Attempt(started_at=now)
+        if any(tracker.pending and tracker.count_when_watched for tracker in self.roots.values()):
+            # A root that came back is being watched again and will count as changed: wait
+            # for that (milliseconds), so that its change joins this refresh, not the next.
+            return float("inf")
         decision = decide(now, self._situation(now), self.config)
         self._log_gate(decision, actions)
         match decision.step:

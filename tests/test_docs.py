@@ -36,7 +36,8 @@ def test_every_configuration_key_is_documented() -> None:
         | {f"guard.{key}" for key in config._GUARD_KEYS}
         | {f"[[roots]] {key}" for key in config._ROOT_KEYS}
         | {f"[[path_map]] {key}" for key in config._PATH_MAP_KEYS}
-        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map"})
+        | {f"notify.{key}" for key in config._NOTIFY_KEYS}
+        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map", "notify"})
     )
     assert keys - documented == set()
 
@@ -56,7 +57,7 @@ def test_example_configuration_loads_and_names_every_key(tmp_path: Path) -> None
     mentioned = set(re.findall(r"^#? ?([a-z_]+) =", text, flags=re.MULTILINE))
     every = (
         config._JELLYFIN_KEYS | config._WATCH_KEYS | config._REFRESH_KEYS | config._GUARD_KEYS
-        | config._ROOT_KEYS | config._PATH_MAP_KEYS | config._LIBRARY_LIMIT_KEYS
-        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map"})
+        | config._ROOT_KEYS | config._PATH_MAP_KEYS | config._LIBRARY_LIMIT_KEYS | config._NOTIFY_KEYS
+        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map", "notify"})
     ) - {"libraries"}
     assert every - mentioned == set()

@@ -24,6 +24,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from watcher import __version__
 from watcher import status as status_file
+from watcher.commands import notify as notify_command
 from watcher.config import (
     DEFAULT_LIBRARY_INTERVAL,
     LOG_FORMATS,
@@ -33,6 +34,7 @@ from watcher.config import (
     Secret,
     default_config_file,
     load,
+    masked_url,
 )
 from watcher.debounce import Batch
 from watcher.doctor import doctor as run_doctor
@@ -95,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--fix", action="store_true", help="turn Jellyfin's own real-time monitor and scheduled scan off, printing each change")
     configuration = commands.add_parser("config", parents=[common], allow_abbrev=False, help="show the effective configuration")
     configuration.add_argument("--print", action="store_true", required=True, help="print the effective configuration, API key masked")
+    notify = commands.add_parser("notify", parents=[common], allow_abbrev=False, help="send a test notification to every notify URL; exit 0 all delivered, 1 not")
+    notify.add_argument("--test", action="store_true", required=True, help="send a test message to every URL and print each result")
     return parser
 
 
@@ -133,6 +137,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return _check(config, predict=arguments.predict, relearn=arguments.relearn)
         if arguments.command == "refresh":
             return _refresh(config, allow_removals=arguments.allow_removals)
+        if arguments.command == "notify":
+            return notify_command.run(config)
         return _print_config(config)
     except ConfigError as error:
         _print_error(error)
@@ -531,4 +537,8 @@ def _print_config(config: Config) -> int:
             print(f"mount = {json.dumps(str(root.mount))}")
     if not config.roots:
         print("\n# roots: every location of every Jellyfin library")
+    print("\n[notify]")
+    urls = json.dumps([masked_url(url.reveal()) for url in config.notify_urls])
+    print(f"urls = {urls}{origin('notify_urls')}" if config.notify_urls else "# urls: not set (no notifications)")
+    print(f"after = {config.notify_after:g}\nrate_limit = {config.notify_rate_limit:g}\ntimeout = {config.notify_timeout:g}")
     return EXIT_OK

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,10 +32,21 @@ from typing import Any, TypeVar
 
 from watcher import status as status_file
 from watcher.config import Config, Root
+from watcher.core.notices import (
+    DaemonView,
+    Failure,
+    Notices,
+    PendingView,
+    Policy,
+    RefreshView,
+    Refusal,
+    RootView,
+)
 from watcher.debounce import Batch, Debouncer
+from watcher.edges.notifications import Sender
 from watcher.errors import ConfigError, JellyfinError, KeyRejected, ServerUnavailable
 from watcher.filters import IgnoreFilter
-from watcher.guard import Limits, predict
+from watcher.guard import Limits, Prediction, predict
 from watcher.health import Health, State, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.notify import Notifier
@@ -104,6 +116,8 @@ class _RootRecord:
     holding this root waits for a cycle that finds nothing new (or ``max_wait``)."""
     problem: str = ""
     """The last watch ERROR logged for this root (logged again only when it changes)."""
+    since: float = 0.0
+    """Clock reading when its health state last changed (for notices)."""
 
     @property
     def key(self) -> str:
@@ -173,6 +187,16 @@ class Service:
         self._last_refresh: _LastRefresh | None = None
         self._published = _Published()
         self._started = status_file.process_start_time()
+        # Notices (watcher.core.notices): when each hold began, what the guard refused,
+        # and the last refresh sent; the sender delivers from a thread of its own.
+        self._held_since: float | None = None
+        self._refusals: tuple[Prediction, ...] = ()
+        self._refused_since: float | None = None
+        self._failing_since: float | None = None
+        self._failure_kind = ""
+        self._last_sent: RefreshView | None = None
+        self._notices = Notices(Policy(config.notify_after, config.notify_rate_limit), socket.gethostname())
+        self._sender = Sender(config.notify_urls, config.notify_timeout)
         self._watcher = RootWatcher(self._queue)
         self.refreshes = 0
 
@@ -208,6 +232,7 @@ class Service:
         monitor = MountMonitor(self._queue)
         self._watcher.start()
         monitor.start()
+        self._sender.start()
         try:
             self._check_health(self._clock())  # watches the roots; their verification runs on its own thread
             watched = sorted(record.key for record in self._records.values() if record.watched)
@@ -226,6 +251,7 @@ class Service:
             self._loop()
         finally:
             self._notifier.notify(STOPPING="1")
+            self._sender.stop()
             monitor.stop()
             for record in self._records.values():
                 if record.poller is not None:
@@ -255,7 +281,11 @@ class Service:
         while not self._stop.is_set():
             now = self._clock()
             wake_at = min(
-                self._next_health, self._next_attempt() or float("inf"), self._next_keepalive, self._next_libraries
+                self._next_health,
+                self._next_attempt() or float("inf"),
+                self._next_keepalive,
+                self._next_libraries,
+                self._notices.wake_at,
             )
             try:
                 item = self._queue.get(timeout=max(0.0, wake_at - now))
@@ -303,6 +333,7 @@ class Service:
                 except Interrupted:
                     return
             self._publish(self._clock())
+            self._notify(self._clock())
 
     def _next_attempt(self) -> float | None:
         deadline = self._debouncer.deadline()
@@ -372,6 +403,7 @@ class Service:
             previous = record.health
             record.health = health
             if previous is None or previous.state is not health.state:
+                record.since = now
                 if not health.healthy:
                     logger.warning("%s", health.describe())
                 elif previous is not None:
@@ -543,6 +575,7 @@ class Service:
         elif self._held:
             logger.info("every root is healthy again: sending the kept batch")
             self._held = ""
+            self._held_since = None
         if ready_roots == batch.roots:
             description = f"{batch.changes} changes under {_list(batch.roots)}"
         else:
@@ -569,7 +602,7 @@ class Service:
         if client is not None and self.config.guard and (batch.removals or ungated):
             asked = True
             try:
-                refusal = self._call(lambda: self._predict(client, ready_roots))
+                refusal, refused = self._call(lambda: self._predict(client, ready_roots))
             except JellyfinError as error:
                 self._failed(error, batch)
                 return
@@ -577,11 +610,15 @@ class Service:
                 if refusal != self._refused:
                     logger.error("refresh refused: %s; keeping the changes", refusal)
                     self._refused = refusal
+                if not self._refusals:
+                    self._refused_since = now
+                self._refusals = refused
                 self._retry_at = now + GUARD_RECHECK
                 return
             if self._refused:
                 logger.info("the loss guard no longer objects: refreshing")
                 self._refused = ""
+            self._refusals, self._refused_since = (), None
         if asked:
             # Jellyfin's answers above may each take up to jellyfin.timeout: probe again right
             # before the refresh, so that storage gone in the meantime still holds it back.
@@ -603,7 +640,7 @@ class Service:
         if client is None:
             for request in requests:
                 logger.info("dry run: would send %s for %s", request.describe(), description)
-            self._refreshed(now, "dry run: not sent")
+            self._refreshed(now, "dry run: not sent", taken)
             return
         sent: set[str] = set()
         try:
@@ -618,25 +655,28 @@ class Service:
                 self._failed(error, taken)
                 return
             raise
-        self._refreshed(now, "sent")
+        self._refreshed(now, "sent", taken)
 
     def _hold(self, batch: Batch, ready_roots: frozenset[str], blocked: Sequence[str], now: float) -> None:
         """The health gate holds (part of) ``batch`` back: say why, once per reason; recheck later."""
         held = "; ".join(blocked)
+        if not self._held:
+            self._held_since = now
         if held != self._held:
             kept = f"{batch.changes} changes" if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
             logger.warning("refresh suppressed: %s; keeping %s until every root is healthy", held, kept)
             self._held = held
         self._retry_at = now + SUPPRESSED_RECHECK
 
-    def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> str:
+    def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> tuple[str, tuple[Prediction, ...]]:
         """Run the loss guard for the libraries a refresh of ``roots`` would scan; returns
-        the refusal ("" when the refresh may go ahead)."""
+        the refusal ("" when the refresh may go ahead) and the refused predictions."""
         libraries = client.libraries()
         wanted = {self._records[key].root.library_id for key in roots if key in self._records}
         if self.config.scope != "server" and None not in wanted:
             libraries = [library for library in libraries if library.item_id in wanted]
         refusals = []
+        refused = []
         timeout = self.config.guard_timeout
         for library in libraries:
             prediction = predict(client, library, lambda path: str(self.config.map_path(path)), timeout, self._stop)
@@ -647,7 +687,8 @@ class Service:
                     f" (if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing})"
                 )
                 refusals.append(prediction.describe() + hint)
-        return "; ".join(refusals)
+                refused.append(prediction)
+        return "; ".join(refusals), tuple(refused)
 
     def _gate(self, batch: Batch, now: float) -> tuple[frozenset[str], list[str]]:
         """Which of the batch's roots may be refreshed now, and why the others may not.
@@ -670,12 +711,14 @@ class Service:
         relevant = [reason for key, reason in blocked.items() if None in wanted or library_of[key] in wanted]
         return ready, relevant
 
-    def _refreshed(self, now: float, result: str) -> None:
+    def _refreshed(self, now: float, result: str, batch: Batch) -> None:
         self.refreshes += 1
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
+        self._failing_since, self._failure_kind = None, ""
         self._last_refresh = _LastRefresh(time.time(), result)
+        self._last_sent = RefreshView(now, batch.changes, tuple(sorted(batch.roots)), result)
         self._save()
 
     def _failed(self, error: JellyfinError, batch: Batch) -> None:
@@ -684,6 +727,9 @@ class Service:
         self._retry_at = self._clock() + delay
         message = str(error)
         self._last_refresh = _LastRefresh(time.time(), f"failed: {message}")
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        self._failure_kind = "key" if isinstance(error, KeyRejected) else "unreachable" if isinstance(error, ServerUnavailable) else "rejected"
         if isinstance(error, KeyRejected):
             if message != self._last_error:
                 logger.error("%s; keeping %d changes and watching on", message, batch.changes)
@@ -739,6 +785,11 @@ class Service:
             return
         if self._client is not None and self._client is not client:
             self._client.close()
+        if (config.notify_urls, config.notify_timeout) != (self.config.notify_urls, self.config.notify_timeout):
+            self._sender.stop()
+            self._sender = Sender(config.notify_urls, config.notify_timeout)
+            self._sender.start()
+        self._notices.policy = Policy(config.notify_after, config.notify_rate_limit)
         self.config, self._client = config, client
         self._debouncer.quiet_period = config.quiet_period
         self._debouncer.max_wait = config.max_wait
@@ -879,6 +930,51 @@ class Service:
         if line != self._published.status_line:
             self._published.status_line = line
             self._notifier.notify(STATUS=line)
+
+
+    def _notify(self, now: float) -> None:
+        """Hand the notices due now (:mod:`watcher.core.notices`) to the sender."""
+        if self._sender.enabled:
+            self._sender.send(self._notices.update(now, self._view(now)))
+
+    def _view(self, now: float) -> DaemonView:
+        """What the notification policy needs to know, from the loop's state."""
+        roots = []
+        for record in self._records.values():
+            health = record.health
+            settling = record.back_since is not None
+            settled = f"watched again once it has stayed healthy for {self.config.settle:g} s"
+            roots.append(
+                RootView(
+                    path=record.key,
+                    state="settling" if settling else health.state.value if health else "unknown",
+                    reason=settled if settling else health.reason if health else "",
+                    since=record.back_since if record.back_since is not None else record.since,
+                    gated=record.root.health_gate,
+                    watch_problem=record.problem,
+                    polled=record.poller is not None,
+                )
+            )
+        batch = self._debouncer.pending
+        pending = None
+        if batch is not None:
+            failure = None
+            if self._last_error and self._failing_since is not None:
+                failure = Failure(self._failure_kind, self._last_error, self._failing_since)
+            pending = PendingView(
+                changes=batch.changes,
+                roots=tuple(sorted(batch.roots)),
+                since=batch.first_change,
+                held_since=self._held_since if self._held else None,
+                refusals=tuple(
+                    Refusal(p.library.name, p.missing, p.items, p.examples, p.unresponsive) for p in self._refusals
+                )
+                if self._refused
+                else (),
+                refused_since=self._refused_since,
+                failure=failure,
+            )
+        return DaemonView(tuple(roots), pending, self._last_sent)
 
 
 def _status_line(document: dict[str, Any]) -> str:

@@ -4,8 +4,8 @@ Apprise (https://github.com/caronc/apprise) speaks to about a hundred services (
 Gotify, Pushover, Discord, Telegram, Matrix, e-mail, Home Assistant, JSON webhooks), one
 URL each. The daemon only enqueues (:meth:`Sender.send` returns at once); a worker thread
 delivers each notice to every URL, each delivery on a thread of its own that the worker
-waits for at most ``timeout`` seconds (apprise's own connect and read timeouts are lowered
-to that too). A delivery still running when its deadline passes is left to end by itself
+waits for at most ``timeout`` seconds (apprise's own connect and read timeouts are set a
+second beyond that, so that the thread then ends by itself). A delivery still running when its deadline passes is left to end by itself
 and its URL is skipped until it has: a hanging service costs one thread, never a delay.
 
 Failures are logged once per URL and kind of failure (WARNING), not per attempt; a
@@ -34,6 +34,9 @@ STOP_WAIT = 0.5
 """Seconds :meth:`Sender.stop` waits for the worker (notices still queued are dropped)."""
 POLL = 0.5
 """Seconds the worker waits on its queue between looks at the stop flag."""
+GRACE = 1.0
+"""Seconds apprise's own connect and read timeouts are set beyond the delivery deadline:
+the deadline decides (and says "no answer"), then the delivery thread ends by itself."""
 
 _FAILURES = {
     "timeout": "no answer within {timeout:g} s",
@@ -89,7 +92,8 @@ class _Service:
 
 
 def _instantiate(url: Secret, timeout: float) -> Any:
-    """Apprise's plugin for ``url``, its timeouts lowered to ``timeout``; None if unknown.
+    """Apprise's plugin for ``url``, its socket timeouts set just past ``timeout``
+    (``timeout + GRACE``); None if apprise does not know the URL.
 
     Apprise loads its plugins on first use; some import modules deprecated in newer
     Pythons (``imghdr``): those warnings are apprise's, not ours, and must not turn into
@@ -103,10 +107,9 @@ def _instantiate(url: Secret, timeout: float) -> Any:
         plugin = apprise.Apprise.instantiate(url.reveal())
     if not plugin:
         return None
-    for name in ("socket_connect_timeout", "socket_read_timeout"):
-        value = getattr(plugin, name, None)
-        if isinstance(value, (int, float)):
-            setattr(plugin, name, min(float(value), timeout))
+    for name in ("socket_connect_timeout", "socket_read_timeout"):  # apprise's URLBase attributes
+        if isinstance(getattr(plugin, name, None), (int, float)):
+            setattr(plugin, name, timeout + GRACE)
     return plugin
 
 

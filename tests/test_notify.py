@@ -117,6 +117,11 @@ class Receiver:
             self.messages.append(message)
             self._condition.notify_all()
 
+    def gave_up(self) -> float:
+        """When a client first gave up on an unanswered request (``time.monotonic()``; 0.0: none did)."""
+        with self._condition:
+            return self.given_up[0] if self.given_up else 0.0
+
     def wait_for(self, count: int, timeout: float = WAIT) -> list[Message]:
         """The first ``count`` messages; fails if they have not all arrived within ``timeout``."""
         with self._condition:
@@ -557,9 +562,8 @@ def test_a_failing_or_hanging_receiver_delays_no_refresh(tmp_path: Path, jellyfi
                     watcher.wait_for_line(r"WARNING notification URL 1 \(json://\*\*\*\*@127\.0\.0\.1:\d+/\*\*\*\*\): "
                                           r"a notice was not delivered: no answer within 5 s", WAIT)
                     assert receiver is not None
-                    given_up = receiver.given_up
-                    wait_until(lambda given_up=given_up: given_up, WAIT, message="the daemon never gave up on the receiver")
-                    assert refresh.time < given_up[0], "the refresh waited for the notice's delivery"
+                    given_up = wait_until(receiver.gave_up, WAIT, message="the daemon never gave up on the receiver")
+                    assert refresh.time < given_up, "the refresh waited for the notice's delivery"
                 if mode == "500":
                     assert receiver is not None
                     receiver.wait_for(2)  # the resolution failed too ...

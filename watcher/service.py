@@ -931,7 +931,6 @@ class Service:
             self._published.status_line = line
             self._notifier.notify(STATUS=line)
 
-
     def _notify(self, now: float) -> None:
         """Hand the notices due now (:mod:`watcher.core.notices`) to the sender."""
         if self._sender.enabled:

@@ -97,7 +97,7 @@ def test_held_notice_names_the_root_its_state_reason_the_changes_and_since_when(
         "warning",
         "nas: refresh held back",
         "/mnt/usb/movies is unmounted for 16 min: it lives on / instead of the mount point /mnt/usb: is the disk "
-        "or share mounted?.\n"
+        "or share mounted?\n"
         "37 changes kept, held for 16 min; sent once every root is healthy.",
     )
     resolution = one(notices, 1200.0, view(HEALTHY, NAS_OK, last=RefreshView(1200.0, 40, (USB,))))

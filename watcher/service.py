@@ -948,7 +948,7 @@ class Service:
                     path=record.key,
                     state="settling" if settling else health.state.value if health else "unknown",
                     reason=settled if settling else health.reason if health else "",
-                    since=record.back_since if record.back_since is not None else record.since,
+                    since=record.back_since if record.back_since is not None else record.since if health else now,
                     gated=record.root.health_gate,
                     watch_problem=record.problem,
                     polled=record.poller is not None,

@@ -356,8 +356,10 @@ def trial_notice(host: str) -> Notice:
 
 def _root_line(root: RootView, now: float) -> str:
     state = "back, settling" if root.state == "settling" else root.state
-    reason = f": {root.reason}" if root.reason else ""
-    return f"{_cut_path(root.path)} is {state} for {_duration(now - root.since)}{reason}."
+    line = f"{_cut_path(root.path)} is {state} for {_duration(now - root.since)}"
+    if root.reason:
+        line += f": {root.reason}"
+    return line if line.endswith((".", "?", "!")) else line + "."
 
 
 def _sent_since(view: DaemonView, since: float) -> RefreshView | None:

@@ -45,6 +45,7 @@ from support import LoopDisk, WatcherProcess, closed_port, run_cli, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher import config as watcher_config
+from watcher import status as watcher_status
 from watcher.config import load, masked_url
 from watcher.errors import ConfigError
 
@@ -241,6 +242,13 @@ def logged_at(line: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def watched_directories(state_dir: Path) -> int | None:
+    """The first root's verified watch count, from the daemon's status file (None: not yet)."""
+    document = watcher_status.read(state_dir)
+    roots = document.get("roots") if document else None
+    return roots[0].get("watched_directories") if roots else None
+
+
 def show(message: Message) -> str:
     """A message as the closing note quotes it."""
     return f"[{message.type}] {message.title}\n{message.body}"
@@ -375,6 +383,10 @@ def test_a_refusal_is_told_at_once_with_what_would_be_lost_and_the_command(tmp_p
         config = write_config(tmp_path, jellyfin.url, [library], urls=[receiver.url()], after=900.0)
         with WatcherProcess(["--config", config], notify_env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
+            # The check that every folder is watched lists the tree once, after the start:
+            # deleting folders while it lists them would read as folders it cannot watch.
+            wait_until(lambda: watched_directories(tmp_path / "state") == 101, WAIT,
+                       message="the watches were not verified")
             watcher.send_signal(signal.SIGSTOP)  # every deletion in one batch
             try:
                 for path in files[:60]:

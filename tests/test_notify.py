@@ -51,6 +51,8 @@ from watcher.errors import ConfigError
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion."""
+STOP_WITHIN = 2.0
+"""Seconds the watcher may take to exit on SIGTERM (README: "stops within 2 seconds")."""
 QUIET = 0.5
 """``watch.quiet_period``, seconds."""
 SETTLE = 1.0
@@ -226,8 +228,12 @@ def assert_no_secrets(*texts: str, api_key: str) -> None:
 
 
 def finish(watcher: WatcherProcess, receiver: Receiver | None, jellyfin: JellyfinEmulator) -> None:
-    """SIGTERM; exit 0 with nothing pending; nothing lost in Jellyfin; no secret anywhere."""
+    """SIGTERM: exit 0 within 2 s (even with a delivery hanging) with nothing pending;
+    nothing lost in Jellyfin; no secret anywhere."""
+    started = time.monotonic()
     assert watcher.terminate(WAIT) == 0, watcher.output
+    took = time.monotonic() - started
+    assert took <= STOP_WITHIN, f"the watcher took {took:.2f} s to exit on SIGTERM"
     assert watcher.lines[-1].endswith("stopped; no changes pending"), watcher.output
     assert "Traceback" not in watcher.output, watcher.output
     assert jellyfin.wait_for_scans_idle(WAIT)

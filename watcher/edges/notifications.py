@@ -142,7 +142,7 @@ def _wait(thread: threading.Thread, deadline: float, stop: threading.Event | Non
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return
-        thread.join(min(remaining, POLL))
+        thread.join(min(remaining, 0.05))
 
 
 def _failure_kind(thread: threading.Thread, result: dict[str, Any]) -> str | None:

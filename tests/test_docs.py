@@ -38,7 +38,9 @@ def test_every_configuration_key_is_documented() -> None:
         | {f"[[path_map]] {key}" for key in config._PATH_MAP_KEYS}
         | {f"server_view.{key}" for key in config._SERVER_VIEW_KEYS}
         | {f"backup.{key}" for key in config._BACKUP_KEYS}
-        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map", "server_view", "backup"})
+        | {f"notify.{key}" for key in config._NOTIFY_KEYS}
+        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map", "server_view", "backup",
+                               "notify"})
     )
     assert keys - documented == set()
 
@@ -59,7 +61,8 @@ def test_example_configuration_loads_and_names_every_key(tmp_path: Path) -> None
     every = (
         config._JELLYFIN_KEYS | config._WATCH_KEYS | config._REFRESH_KEYS | config._GUARD_KEYS
         | config._ROOT_KEYS | config._PATH_MAP_KEYS | config._LIBRARY_LIMIT_KEYS
-        | config._SERVER_VIEW_KEYS | config._BACKUP_KEYS
-        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map", "server_view", "backup"})
+        | config._SERVER_VIEW_KEYS | config._BACKUP_KEYS | config._NOTIFY_KEYS
+        | (config._TOP_KEYS - {"jellyfin", "watch", "refresh", "guard", "roots", "path_map", "server_view", "backup",
+                               "notify"})
     ) - {"libraries"}
     assert every - mentioned == set()

@@ -24,6 +24,7 @@ from watcher.commands.check import check
 from watcher.commands.common import EXIT_CONFIG, EXIT_OK, EXIT_SERVER, client_for
 from watcher.commands.config_print import print_config
 from watcher.commands.doctor import doctor
+from watcher.commands.notify import run as notify_test
 from watcher.commands.refresh import refresh
 from watcher.commands.run import run
 from watcher.commands.status import status
@@ -74,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--fix", action="store_true", help="turn Jellyfin's own real-time monitor and scheduled scan off, printing each change")
     configuration = commands.add_parser("config", parents=[common], allow_abbrev=False, help="show the effective configuration")
     configuration.add_argument("--print", action="store_true", required=True, help="print the effective configuration, API key masked")
+    notify = commands.add_parser("notify", parents=[common], allow_abbrev=False, help="send a test notification to every notify URL; exit 0 all delivered, 1 not")
+    notify.add_argument("--test", action="store_true", required=True, help="send a test message to every URL and print each result")
     return parser
 
 
@@ -112,6 +115,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return check(config, predict_removals=arguments.predict, relearn=arguments.relearn)
         if arguments.command == "refresh":
             return refresh(config, allow_removals=arguments.allow_removals)
+        if arguments.command == "notify":
+            return notify_test(config)
         return print_config(config)
     except ConfigError as error:
         _print_error(error)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -91,6 +92,16 @@ LOG_FORMATS = ("text", "json")
 SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
 CREDENTIAL_NAME = "jellyfin-api-key"
 """File name of the API key in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
+NOTIFY_CREDENTIAL_NAME = "jellyfin-watcher-notify-urls"
+"""File name of the notification URLs in ``$CREDENTIALS_DIRECTORY`` (one per line)."""
+NOTIFY_URLS_VARIABLE = "JELLYFIN_WATCHER_NOTIFY_URLS"
+"""Environment variable holding notification URLs, separated by white space."""
+DEFAULT_NOTIFY_AFTER = 900.0
+"""Seconds a held refresh or an unreachable Jellyfin must last before it is notified."""
+DEFAULT_NOTIFY_RATE_LIMIT = 3600.0
+"""Seconds between two notifications of the same kind (resolutions are always sent)."""
+DEFAULT_NOTIFY_TIMEOUT = 10.0
+"""Seconds one delivery to one notification URL may take."""
 
 DEFAULT_IGNORE: tuple[str, ...] = (
     # Partial and temporary downloads.
@@ -258,6 +269,11 @@ class Config:
     log_level: str = DEFAULT_LOG_LEVEL
     log_format: str = "text"
     config_file: Path | None = None
+    notify_urls: tuple[Secret, ...] = ()
+    """Apprise URLs (https://github.com/caronc/apprise/wiki): secrets, they hold tokens."""
+    notify_after: float = DEFAULT_NOTIFY_AFTER
+    notify_rate_limit: float = DEFAULT_NOTIFY_RATE_LIMIT
+    notify_timeout: float = DEFAULT_NOTIFY_TIMEOUT
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Where each value that did not come from the defaults was picked up (a flag, an
     environment variable, ``file: key``), by setting name."""
@@ -299,7 +315,7 @@ def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
 
 _TOP_KEYS = {
     "state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map",
-    "server_view", "backup",
+    "server_view", "backup", "notify",
 }
 _SERVER_VIEW_KEYS = {"enabled", "timeout", "in_flight"}
 _BACKUP_KEYS = {"enabled", "min_removals", "timeout", "hold_on_failure", *BACKUP_CONTENTS}
@@ -334,6 +350,7 @@ _WATCH_KEYS = {
     "default_ignore",
 }
 _ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback", "health_gate"}
+_NOTIFY_KEYS = {"urls", "urls_file", "after", "rate_limit", "timeout"}
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -394,6 +411,8 @@ def load(
     backup = _table(data, "backup", where)
     _check_keys(server_view, _SERVER_VIEW_KEYS, where, "server_view.")
     _check_keys(backup, _BACKUP_KEYS, where, "backup.")
+    notify = _table(data, "notify", where)
+    _check_keys(notify, _NOTIFY_KEYS, where, "notify.")
 
     sources: dict[str, str] = {}
 
@@ -503,6 +522,7 @@ def load(
         library_interval = _seconds(jellyfin["library_interval"], f"{where}: jellyfin.library_interval", 1.0)
 
     api_key, sources["api_key"] = _api_key(flags, environ, jellyfin, where)
+    notify_urls, sources["notify_urls"] = _notify_urls(environ, notify, where)
     if roots and flags.get("roots"):
         sources["roots"] = "ROOT arguments"
     elif roots:
@@ -551,6 +571,10 @@ def load(
         log_level=log_level,
         log_format=log_format,
         config_file=config_file,
+        notify_urls=notify_urls,
+        notify_after=_seconds(notify.get("after", DEFAULT_NOTIFY_AFTER), f"{where}: notify.after", 0.0),
+        notify_rate_limit=_seconds(notify.get("rate_limit", DEFAULT_NOTIFY_RATE_LIMIT), f"{where}: notify.rate_limit", 0.0),
+        notify_timeout=_seconds(notify.get("timeout", DEFAULT_NOTIFY_TIMEOUT), f"{where}: notify.timeout", 0.5),
         sources={key: value for key, value in sources.items() if value},
     )
 
@@ -778,6 +802,64 @@ def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Map
             raise ConfigError(f"{where}: jellyfin.api_key: expected the API key as a non-empty string")
         return Secret(value.strip()), f"{where}: jellyfin.api_key"
     return None, ""
+
+
+def _notify_urls(environ: Mapping[str, str], notify: Mapping[str, Any], where: str) -> tuple[tuple[Secret, ...], str]:
+    """The notification URLs: $JELLYFIN_WATCHER_NOTIFY_URLS (separated by white space), the
+    systemd credential, then notify.urls_file (one per line, ``#`` comments) or notify.urls.
+    Each is checked for the shape ``scheme://…`` only; whether apprise knows the scheme is
+    found out when it is used. No message ever shows a URL: they hold tokens."""
+    if environ.get(NOTIFY_URLS_VARIABLE, "").strip():
+        return _checked_urls(environ[NOTIFY_URLS_VARIABLE].split(), NOTIFY_URLS_VARIABLE), NOTIFY_URLS_VARIABLE
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / NOTIFY_CREDENTIAL_NAME).is_file():
+        source = "systemd credential"
+        text = _read_key_file(Path(credentials) / NOTIFY_CREDENTIAL_NAME, source, "notification URL").reveal()
+        return _checked_urls(_url_lines(text), source), source
+    if "urls_file" in notify and "urls" in notify:
+        raise ConfigError(f"{where}: notify.urls and notify.urls_file are both set; keep one")
+    if "urls_file" in notify:
+        source = f"{where}: notify.urls_file"
+        text = _read_key_file(Path(_string(notify["urls_file"], source)).expanduser(), source, "notification URL").reveal()
+        return _checked_urls(_url_lines(text), source), source
+    if "urls" in notify:
+        source = f"{where}: notify.urls"
+        value = notify["urls"]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{source}: expected a list of apprise URLs such as [\"ntfy://ntfy.sh/TOPIC\"], got {_type_name(value)}")
+        return _checked_urls([item.strip() for item in value], source), source
+    return (), ""
+
+
+def _url_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _checked_urls(urls: Sequence[str], source: str) -> tuple[Secret, ...]:
+    for number, url in enumerate(urls, start=1):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", url):
+            # The value is not shown: it may well hold a token.
+            raise ConfigError(
+                f"{source}: URL {number}: expected an apprise URL such as ntfy://ntfy.sh/TOPIC or "
+                "json://host:port/path (scheme://..., no spaces); the value is not shown, it may hold a token"
+            )
+    return tuple(Secret(url) for url in urls)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its secret parts masked, to be shown: the scheme, and the host (and
+    port) when it looks like a host name or an address; user, password, path and query
+    become ``****``. Apprise puts tokens anywhere (``tgram://BOTTOKEN/CHAT``,
+    ``pover://USER@TOKEN``, ``ntfy://ntfy.sh/TOPIC``, where the topic is the secret), so
+    anything that is not plainly a host is hidden:
+    ``json://user:pw@127.0.0.1:8080/hook/abc`` → ``json://****@127.0.0.1:8080/****``.
+    """
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:([^/?#@]*)@)?([^/?#]*)(.*)", url.strip(), flags=re.DOTALL)
+    if match is None:
+        return "****"
+    scheme, user, host, rest = match.groups()
+    shown = host if re.fullmatch(r"(localhost|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:\d+)?", host) else "****"
+    return f"{scheme}://{'****@' if user is not None else ''}{shown}{'/****' if rest.strip('/') else ''}"
 
 
 def _read_key_file(path: Path, source: str, what: str = "API key") -> Secret:

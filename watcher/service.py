@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from typing import Any
 
 from watcher import status as status_file
 from watcher.config import Config
-from watcher.core.machine import Core, listed, snapshot
+from watcher.core.machine import Core, daemon_view, listed, snapshot
+from watcher.core.notices import Notices, Policy
+from watcher.edges.notifications import Sender
 from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
 from watcher.edges.sdnotify import Notifier
 from watcher.edges.workers import Executor, Reloader
@@ -87,6 +90,8 @@ class Service:
         self._started = status_file.process_start_time()
         self._next_keepalive = float("inf")
         self.core: Core | None = None
+        self._notices = Notices(Policy(config.notify_after, config.notify_rate_limit), socket.gethostname())
+        self._sender = Sender(config.notify_urls, config.notify_timeout)
 
     # --- control, safe from signal handlers and other threads ------------------------
 
@@ -111,6 +116,7 @@ class Service:
         executor = Executor(self.config, self._client, self._store, self._queue.put, self._stop, self._reload)
         monitor = MountMonitor(self._queue)
         monitor.start()
+        self._sender.start()
         if self._notifier.watchdog_interval:
             self._next_keepalive = self._clock()
         exit_message = ""
@@ -121,6 +127,7 @@ class Service:
         finally:
             self._notifier.notify(STOPPING="1")
             monitor.stop()
+            self._sender.stop()
             stopped = executor.close()
             self._finish_sending(core, executor)
             if core.started:
@@ -144,7 +151,7 @@ class Service:
         already queued to the core, execute what it returns. Returns the message of an
         :class:`Exit`, or "" on a stop."""
         while not self._stop.is_set():
-            timeout = min(core.wake_at, self._next_keepalive) - self._clock()
+            timeout = min(core.wake_at, self._next_keepalive, self._notices.wake_at) - self._clock()
             try:
                 item: object = self._queue.get(timeout=min(max(0.0, timeout), MAX_SLEEP))
             except Empty:
@@ -167,7 +174,20 @@ class Service:
                 return message
             self._keepalive()
             self._publish(core, self._clock())
+            self._notify(core, self._clock())
         return ""
+
+    def _notify(self, core: Core, now: float) -> None:
+        """Hand the notices due now (:mod:`watcher.core.notices`) to the sender (which never
+        blocks: a slow or failing service delays nothing here)."""
+        config = core.config
+        if (config.notify_urls, config.notify_timeout) != (self._sender.urls, self._sender.timeout):
+            self._sender.stop()  # reloaded with other URLs
+            self._sender = Sender(config.notify_urls, config.notify_timeout)
+            self._sender.start()
+        self._notices.policy = Policy(config.notify_after, config.notify_rate_limit)
+        if self._sender.enabled:
+            self._sender.send(self._notices.update(now, daemon_view(core, now)))
 
     def _finish_sending(self, core: Core, executor: Executor) -> None:
         """A refresh under way when the stop came: wait a moment for its answer, so that a

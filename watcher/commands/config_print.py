@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from watcher.commands.common import EXIT_OK
-from watcher.config import DEFAULT_LIBRARY_INTERVAL, Config
+from watcher.config import DEFAULT_LIBRARY_INTERVAL, Config, masked_url
 
 
 def print_config(config: Config) -> int:
@@ -56,4 +56,8 @@ def print_config(config: Config) -> int:
             print(f"mount = {json.dumps(str(root.mount))}")
     if not config.roots:
         print("\n# roots: every location of every Jellyfin library")
+    print("\n[notify]")
+    urls = json.dumps([masked_url(url.reveal()) for url in config.notify_urls])
+    print(f"urls = {urls}{origin('notify_urls')}" if config.notify_urls else "# urls: not set (no notifications)")
+    print(f"after = {config.notify_after:g}\nrate_limit = {config.notify_rate_limit:g}\ntimeout = {config.notify_timeout:g}")
     return EXIT_OK

@@ -23,7 +23,7 @@ from watcher.config import Config, Root
 from watcher.core import decide as steps
 from watcher.core.backoff import Backoff
 from watcher.core.debounce import Batch, Debouncer
-from watcher.core.decide import Attempt, Decision, Situation, decide
+from watcher.core.decide import Attempt, Decision, Situation, decide, refusals
 from watcher.core.gate import RootView
 from watcher.core.messages import (
     Action,
@@ -62,12 +62,15 @@ from watcher.core.messages import (
     info,
     warning,
 )
+from watcher.core.notices import DaemonView, Failure, PendingView, Refusal, RefreshView
+from watcher.core.notices import RootView as NoticeRoot
 from watcher.core.roots import RootTracker
 from watcher.core.scope import RefreshRequest, plan
 from watcher.core.serverview import reasons as view_reasons
 from watcher.core.writes import WriteTracker
-from watcher.errors import ConfigError, ServerUnavailable, SetupError, WatcherError
+from watcher.errors import ConfigError, KeyRejected, ServerUnavailable, SetupError, WatcherError
 from watcher.filters import IgnoreFilter
+from watcher.guard import Prediction
 from watcher.paths import within
 from watcher.poll import PollResult
 from watcher.state import PendingChanges, SavedState
@@ -143,6 +146,14 @@ class Core:
         self.backoff = Backoff(config.backoff_max)
         self.held = ""
         """The gate's reasons last logged (logged again only when they change)."""
+        self.held_since: float | None = None
+        self.refusals: tuple[Prediction, ...] = ()
+        """The predictions the loss guard refuses the pending batch for."""
+        self.refused_since: float | None = None
+        self.failing_since: float | None = None
+        """When the refresh attempts began to fail (None: the last one did not)."""
+        self.failure: WatcherError | None = None
+        self.last_sent: RefreshView | None = None
         self.refused = ""
         self.views_held = ""
         """Why Jellyfin's view holds the batch, as last logged ("" when it agrees)."""
@@ -154,7 +165,10 @@ class Core:
         self.waiting_for_scan = False
         self.last_error = ""
         self.last_refresh: LastRefresh | None = None
+        self.last_sending: Batch | None = None
         self.refreshes = 0
+        self._now = 0.0
+        """The clock reading of the item being handled (for state-change times)."""
         self.probing = _Probing()
         self.probed_at: float | None = None
         self.jobs = _Jobs()
@@ -199,6 +213,7 @@ class Core:
         """Take one queue item; return the actions to execute, in order. Call
         :meth:`advance` after the items that arrived together."""
         actions: list[Action] = []
+        self._now = now
         match item:
             case FileEvent():
                 self._on_event(now, item, actions)
@@ -545,6 +560,7 @@ class Core:
 
     def _advance(self, now: float, actions: list[Action]) -> None:
         """After every item: start what is due, decide about the batch, set the wake-up."""
+        self._now = now
         if not self.started:
             if self.read_roots_at is not None and now >= self.read_roots_at and "ReadRoots" not in self.jobs.running:
                 self.read_roots_at = None
@@ -657,6 +673,12 @@ class Core:
                 if refusal != self.refused:
                     actions.append(error(f"refresh refused: {refusal}; keeping the changes"))
                     self.refused = refusal
+                if self.refused_since is None:
+                    self.refused_since = now
+                self.refusals = tuple(
+                    prediction for prediction in self.attempt.predictions or ()
+                    if refusals((prediction,), self.config)
+                )
                 self.retry_at = recheck_at
                 self.attempt = None
                 return recheck_at
@@ -675,10 +697,13 @@ class Core:
             if held != self.held:
                 kept = f"{batch.changes} changes" if not verdict.ready else f"the changes under {listed(batch.roots - verdict.ready)}"
                 actions.append(warning(f"refresh suppressed: {held}; keeping {kept} until every root is healthy"))
+                if not self.held:
+                    self.held_since = self._now
                 self.held = held
         elif self.held:
             actions.append(info("every root is healthy again: sending the kept batch"))
             self.held = ""
+            self.held_since = None
         attempt = self.attempt
         if verdict.ready and attempt is not None and not attempt.announced:
             if verdict.ready == batch.roots:
@@ -692,11 +717,13 @@ class Core:
         if self.refused:
             actions.append(info("the loss guard no longer objects: refreshing"))
             self.refused = ""
+        self.refusals, self.refused_since = (), None
         whole = self.debouncer.pending
         taken = self.debouncer.take(roots)
         self.attempt = None
         if taken is None:
             return
+        self.last_sending = taken
         self.jobs.description = describe(taken) if whole is None or taken.roots == whole.roots else (
             f"the changes under {listed(taken.roots)}"
         )
@@ -852,6 +879,10 @@ class Core:
         self.backoff.succeeded()
         self.retry_at = 0.0
         self.last_error = ""
+        self.failing_since, self.failure = None, None
+        if self.last_sending is not None:
+            batch = self.last_sending
+            self.last_sent = RefreshView(now, batch.changes, tuple(sorted(batch.roots)), result)
         self.backed_up = None
         self.backup_held = self.views_held = ""
         self.last_refresh = LastRefresh(now, result)
@@ -863,6 +894,9 @@ class Core:
         self.retry_at = now + delay
         message = str(failure)
         self.last_refresh = LastRefresh(now, f"failed: {message}")
+        if self.failing_since is None:
+            self.failing_since = now
+        self.failure = failure
         changes = self.debouncer.pending.changes if self.debouncer.pending else 0
         if isinstance(failure, SetupError):  # the key, a certificate, a redirect, a proxy: said once
             if message != self.last_error:
@@ -881,6 +915,9 @@ class Core:
         self.retry_at = now + delay
         message = f"unexpected failure {doing}: {description}"
         self.last_refresh = LastRefresh(now, f"failed: {message}")
+        if self.failing_since is None:
+            self.failing_since = now
+        self.failure = WatcherError(message)
         changes = self.debouncer.pending.changes if self.debouncer.pending else 0
         actions.append(error(f"{message}; keeping {changes} changes, retrying in {delay:g} s", details))
         self.last_error = message
@@ -1000,3 +1037,47 @@ def snapshot(core: Core, now: float) -> Snapshot:
             batch.changes, tuple(sorted(batch.roots)), core.due_at(now), core.held_reason(), batch.first_change
         )
     return Snapshot(tuple(roots), pending, core.last_refresh, core.dry_run, core.last_backup)
+
+
+def daemon_view(core: Core, now: float) -> DaemonView:
+    """What the notification policy (:mod:`watcher.core.notices`) needs to know of ``core``."""
+    roots = []
+    for key, tracker in core.roots.items():
+        health = tracker.health
+        settling = tracker.back_since is not None
+        roots.append(
+            NoticeRoot(
+                path=key,
+                state="settling" if settling else health.state.value if health else "unknown",
+                reason=(f"watched again once it has stayed healthy for {core.config.settle:g} s" if settling
+                        else health.reason if health else ""),
+                since=tracker.back_since if tracker.back_since is not None else tracker.since if health else now,
+                gated=tracker.root.health_gate,
+                watch_problem=tracker.problem,
+                polled=tracker.watch == "poll",
+            )
+        )
+    batch = core.debouncer.pending
+    if core.jobs.sending is not None:
+        batch = core.jobs.sending if batch is None else batch.merge(core.jobs.sending)
+    pending = None
+    if batch is not None:
+        failure = None
+        if core.failure is not None and core.failing_since is not None:
+            kind = (
+                "key" if isinstance(core.failure, KeyRejected)
+                else "unreachable" if isinstance(core.failure, ServerUnavailable) else "rejected"
+            )
+            failure = Failure(kind, str(core.failure), core.failing_since)
+        pending = PendingView(
+            changes=batch.changes,
+            roots=tuple(sorted(batch.roots)),
+            since=batch.first_change,
+            held_since=core.held_since if core.held else None,
+            refusals=tuple(
+                Refusal(p.library.name, p.missing, p.items, p.examples, p.unresponsive) for p in core.refusals
+            ) if core.refused else (),
+            refused_since=core.refused_since,
+            failure=failure,
+        )
+    return DaemonView(tuple(roots), pending, core.last_sent)

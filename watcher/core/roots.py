@@ -60,6 +60,8 @@ class RootTracker:
     health: Health | None = None
     probed_at: float | None = None
     """Clock reading when the probe that gave :attr:`health` began."""
+    since: float = 0.0
+    """Clock reading when :attr:`health` entered its state."""
     watch: str = ""
     """How it is watched: ``""`` (not), ``events`` or ``poll``; set when a watch is asked
     for, so that it is not asked for twice."""
@@ -109,6 +111,7 @@ class RootTracker:
         self.health = health
         self.probed_at = probed_at
         if previous is None or previous.state is not health.state:
+            self.since = now
             if not health.healthy:
                 self.actions.append(warning(health.describe()))
             elif previous is not None:

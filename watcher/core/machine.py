@@ -650,6 +650,7 @@ class Core:
                     self.jobs.running.add("CheckViews")
                     actions.append(self._check_views(ready))
             case steps.HoldForViews(reasons=reasons, recheck_at=recheck_at):
+                self._hold_over()
                 held = "; ".join(reasons)
                 if held != self.views_held:
                     changes = self.debouncer.pending.changes if self.debouncer.pending else 0
@@ -670,6 +671,8 @@ class Core:
                     self.attempt.predictions = None
                     actions.append(Predict(library_ids))
             case steps.Refuse(refusal=refusal, recheck_at=recheck_at):
+                if not self.held:
+                    self.held_since = None
                 if refusal != self.refused:
                     actions.append(error(f"refresh refused: {refusal}; keeping the changes"))
                     self.refused = refusal
@@ -702,8 +705,7 @@ class Core:
                 self.held = held
         elif self.held:
             actions.append(info("every root is healthy again: sending the kept batch"))
-            self.held = ""
-            self.held_since = None
+            self.held = ""  # held_since stays until the kept batch is refreshed (or the attempt ends)
         attempt = self.attempt
         if verdict.ready and attempt is not None and not attempt.announced:
             if verdict.ready == batch.roots:
@@ -716,8 +718,7 @@ class Core:
     def _send(self, now: float, roots: frozenset[str], actions: list[Action]) -> None:
         if self.refused:
             actions.append(info("the loss guard no longer objects: refreshing"))
-            self.refused = ""
-        self.refusals, self.refused_since = (), None
+            self.refused = ""  # the refusals stay shown until the batch is refreshed
         whole = self.debouncer.pending
         taken = self.debouncer.take(roots)
         self.attempt = None
@@ -880,6 +881,8 @@ class Core:
         self.retry_at = 0.0
         self.last_error = ""
         self.failing_since, self.failure = None, None
+        self.held_since = None
+        self.refusals, self.refused_since = (), None
         if self.last_sending is not None:
             batch = self.last_sending
             self.last_sent = RefreshView(now, batch.changes, tuple(sorted(batch.roots)), result)
@@ -897,6 +900,7 @@ class Core:
         if self.failing_since is None:
             self.failing_since = now
         self.failure = failure
+        self._hold_over()
         changes = self.debouncer.pending.changes if self.debouncer.pending else 0
         if isinstance(failure, SetupError):  # the key, a certificate, a redirect, a proxy: said once
             if message != self.last_error:
@@ -918,9 +922,18 @@ class Core:
         if self.failing_since is None:
             self.failing_since = now
         self.failure = WatcherError(message)
+        self._hold_over()
         changes = self.debouncer.pending.changes if self.debouncer.pending else 0
         actions.append(error(f"{message}; keeping {changes} changes, retrying in {delay:g} s", details))
         self.last_error = message
+
+    def _hold_over(self) -> None:
+        """The kept batch did not go after all: the health gate's hold is over (something
+        else holds it now), and the loss guard's refusal too unless it refuses again."""
+        if not self.held:
+            self.held_since = None
+        if not self.refused:
+            self.refusals, self.refused_since = (), None
 
     def _save(self) -> Save:
         batch = self.debouncer.pending
@@ -1073,10 +1086,10 @@ def daemon_view(core: Core, now: float) -> DaemonView:
             changes=batch.changes,
             roots=tuple(sorted(batch.roots)),
             since=batch.first_change,
-            held_since=core.held_since if core.held else None,
+            held_since=core.held_since,
             refusals=tuple(
                 Refusal(p.library.name, p.missing, p.items, p.examples, p.unresponsive) for p in core.refusals
-            ) if core.refused else (),
+            ),
             refused_since=core.refused_since,
             failure=failure,
         )

@@ -84,6 +84,8 @@ class RootTracker:
     problem: str = ""
     """The last watch ERROR logged for this root (logged again only when it changes)."""
     why_polled: str = ""
+    fallback: bool = False
+    """Polled because inotify could not watch all of it (``fallback = "poll"``)."""
     actions: list[Action] = field(default_factory=list)
 
     @property
@@ -167,6 +169,7 @@ class RootTracker:
         """Ask for a watch in the mode this root needs."""
         self.ticket = ticket
         self.pending = True
+        self.fallback = False
         self.watched_as = identity(health)
         self.count_when_watched = count
         self.coverage = None
@@ -209,7 +212,8 @@ class RootTracker:
                 self.actions.append(error(message))
                 self.problem = message
             return False
-        self.problem = ""
+        if not self.fallback:
+            self.problem = ""  # polled instead of fully watched: the problem stays (and is shown)
         return self.watch == "events"
 
     def on_verified(self, ticket: int, coverage: Coverage, config: Config, next_ticket: int) -> bool:
@@ -231,6 +235,7 @@ class RootTracker:
         self.ticket = next_ticket
         self.pending = True
         self.watch = "poll"
+        self.fallback = True
         self.why_polled = 'inotify cannot watch all of it (fallback = "poll")'
         interval = self.poll_interval(config)
         self.actions.append(Watch(self.root, next_ticket, "poll", interval, keep_events=True, why=self.why_polled))

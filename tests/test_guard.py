@@ -52,13 +52,15 @@ def toml_string(value: object) -> str:
 
 
 def write_config(tmp_path: Path, jellyfin: JellyfinEmulator, roots: list[tuple[Path, bool]],
-                 quiet_period: float = QUIET_PERIOD, guard_timeout: float = 60.0) -> Path:
+                 quiet_period: float = QUIET_PERIOD, guard_timeout: float = 60.0, guard_when: str = "always") -> Path:
     """``tmp_path/config.toml`` for the daemon and the one-shot commands: the emulator's URL,
-    a state directory of its own, short timings, and ``roots`` as ``(path, health_gate)``."""
+    a state directory of its own, short timings, ``guard.when``, and ``roots`` as
+    ``(path, health_gate)``."""
     lines = [f"state_dir = {toml_string(tmp_path / 'state')}", "",
              "[jellyfin]", f"url = {toml_string(jellyfin.url)}", "",
              "[watch]", f"quiet_period = {quiet_period:g}", "max_wait = 90", f"probe_timeout = {PROBE_TIMEOUT:g}",
-             "settle = 0.5", "health_interval = 0.5", "", "[guard]", f"timeout = {guard_timeout:g}"]
+             "settle = 0.5", "health_interval = 0.5", "", "[guard]", f"timeout = {guard_timeout:g}",
+             f"when = {toml_string(guard_when)}"]
     for path, health_gate in roots:
         lines += ["", "[[roots]]", f"path = {toml_string(path)}"]
         if not health_gate:
@@ -496,7 +498,7 @@ def test_check_predict_prints_each_library_and_the_verdict(tmp_path: Path, jelly
     assert "library Movies: 100 items, 60 with missing files: ok" in allowed.stdout.splitlines(), allowed.stdout
 
 
-# --- 8. a batch that only added files skips the prediction --------------------------------------
+# --- 8. with guard.when = "removals", a batch that only added files skips the prediction --------
 
 
 def test_additions_only_skip_the_prediction(tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str, str]) -> None:
@@ -504,7 +506,7 @@ def test_additions_only_skip_the_prediction(tmp_path: Path, jellyfin: JellyfinEm
     files = media_files(library, 10)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 10
-    config = write_config(tmp_path, jellyfin, [(library, True)])
+    config = write_config(tmp_path, jellyfin, [(library, True)], guard_when="removals")
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         with frozen(watcher):

@@ -39,7 +39,7 @@ from watcher.doctor import doctor as run_doctor
 from watcher.errors import ConfigError, JellyfinError
 from watcher.guard import Limits, Prediction
 from watcher.guard import predict as predict_removals
-from watcher.health import Health, State, probe_roots
+from watcher.health import Health, State, branch_lines, probe_roots
 from watcher.jellyfin import JellyfinClient, Library, UserLogin
 from watcher.notify import Notifier
 from watcher.scope import plan
@@ -280,7 +280,13 @@ def _resolve_roots(config: Config, client: JellyfinClient | None) -> tuple[Root,
 def _probe(config: Config, roots: Sequence[Root]) -> list[Health]:
     """Probe ``roots``; a root that is a file is a usage error."""
     saved = StateStore(config.state_dir).load()
-    results = probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below())
+    results = probe_roots(
+        roots,
+        saved.expected_mounts(),
+        config.probe_timeout,
+        expected_below=saved.expected_below(),
+        expected_branches=saved.expected_branches(),
+    )
     for health in results:
         if health.is_file:
             raise ConfigError(f"root {health.root.path} is a file, not a folder: give the library's folder")
@@ -298,6 +304,8 @@ def _check(config: Config, predict: bool = False, relearn: bool = False) -> int:
         _learn_mounts(config, [health for health in results if health.healthy])
     for health in results:
         print(_check_line(health, config))
+        for line in branch_lines(health):
+            print(f"  {line}")
     code = EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
     if predict and client is not None:
         for prediction in _predictions(config, client, client.libraries()):
@@ -368,8 +376,8 @@ def _refresh(config: Config, allow_removals: int = 0) -> int:
             count, share = config.limits_for(prediction.library.name)
             if prediction.refused(Limits(count, share), allowed=allow_removals):
                 print(f"refresh refused: {prediction.describe()}")
-                if not prediction.unresponsive:
-                    print(f"  if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing}")
+                if prediction.hint:
+                    print(f"  {prediction.hint}")
                 refused = True
             elif prediction.missing and prediction.missing <= allow_removals:
                 print(f"removals allowed: {prediction.describe()}")

@@ -71,6 +71,8 @@ DEFAULT_LIBRARY_INTERVAL = 600.0
 SCOPES = ("server", "library", "path")
 GATES = ("all", "library")
 SERVERS = ("jellyfin", "emby")
+GUARD_WHEN = ("always", "removals")
+"""``guard.when``: predict before every refresh, or only after a deletion, a move or an unmount."""
 DEFAULT_LOG_LEVEL = "info"
 LOG_FORMATS = ("text", "json")
 SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
@@ -200,6 +202,10 @@ class Config:
     path_map: tuple[PathMapping, ...] = ()
     guard: bool = True
     """Predict removals before a refresh and refuse a mass removal."""
+    guard_when: str = "always"
+    """``always``: the loss guard runs before every refresh; ``removals``: only before a
+    refresh whose batch deleted, moved or unmounted something (cheaper, and blind to media
+    vanishing without an event: a pool branch, a disk never seen mounted)."""
     max_removals: int = 20
     max_removal_share: float = 0.05
     """A fraction (0.05 = 5 %); the TOML key ``guard.max_share`` is in percent."""
@@ -269,7 +275,7 @@ def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
 # --- Schema of the TOML file -------------------------------------------------------------
 
 _TOP_KEYS = {"state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map"}
-_GUARD_KEYS = {"enabled", "max_removals", "max_share", "timeout", "libraries"}
+_GUARD_KEYS = {"enabled", "when", "max_removals", "max_share", "timeout", "libraries"}
 _LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
 _JELLYFIN_KEYS = {
     "url",
@@ -478,6 +484,7 @@ def load(
         gate=gate,
         path_map=_path_map(data.get("path_map"), where),
         guard=_bool(guard.get("enabled", True), f"{where}: guard.enabled"),
+        guard_when=choice(guard, "guard", "when", GUARD_WHEN),
         max_removals=max_removals,
         max_removal_share=max_removal_share,
         library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),

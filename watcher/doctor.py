@@ -23,7 +23,7 @@ from typing import Any
 
 from watcher.config import Config, Root
 from watcher.errors import JellyfinError, RequestRejected, ServerUnavailable
-from watcher.health import probe_roots
+from watcher.health import branch_lines, probe_roots
 from watcher.jellyfin import JellyfinClient, Library
 
 TICKS_PER_SECOND = 10_000_000
@@ -71,6 +71,8 @@ def _check_locations(config: Config, libraries: Sequence[Library], say: Callable
         shown = str(health.root.path) if jellyfin_path == str(health.root.path) else f"{jellyfin_path} → {health.root.path}"
         if health.healthy:
             say(f"✓ library {health.root.library_name}: {shown} is healthy")
+            for line in branch_lines(health):
+                say(f"  {line}")
             continue
         warnings += 1
         fix = ""
@@ -80,6 +82,8 @@ def _check_locations(config: Config, libraries: Sequence[Library], say: Callable
                 'local = "<the same folder on this machine>"'
             )
         say(f"! library {health.root.library_name}: {shown} is {health.state} ({health.reason}){fix}")
+        for line in branch_lines(health):
+            say(f"  {line}")
     return warnings
 
 

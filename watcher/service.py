@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 from watcher import status as status_file
 from watcher.config import Config, Root
 from watcher.debounce import Batch, Debouncer
+from watcher.edges.automount import MountHolder
+from watcher.edges.branch_watch import BranchWatcher
 from watcher.errors import ConfigError, JellyfinError, KeyRejected, ServerUnavailable
 from watcher.filters import IgnoreFilter
 from watcher.guard import Limits, predict
@@ -110,7 +112,7 @@ class _RootRecord:
         return str(self.root.path)
 
     def identity(self, health: Health) -> tuple[Any, ...]:
-        return (health.device, health.inode, health.mounts)
+        return (health.device, health.inode, health.mounts, health.branch_identity)
 
 
 @dataclass(slots=True)
@@ -174,6 +176,8 @@ class Service:
         self._published = _Published()
         self._started = status_file.process_start_time()
         self._watcher = RootWatcher(self._queue)
+        self._branch_watcher = BranchWatcher(self._queue)
+        self._holds = MountHolder()
         self.refreshes = 0
 
     # --- control, safe from signal handlers and other threads ------------------------
@@ -207,6 +211,7 @@ class Service:
         self._restore_pending()
         monitor = MountMonitor(self._queue)
         self._watcher.start()
+        self._branch_watcher.start()
         monitor.start()
         try:
             self._check_health(self._clock())  # watches the roots; their verification runs on its own thread
@@ -230,7 +235,9 @@ class Service:
             for record in self._records.values():
                 if record.poller is not None:
                     record.poller.stop()
-            if not self._watcher.stop():
+            self._holds.close()
+            branches_stopped = self._branch_watcher.stop()
+            if not (self._watcher.stop() and branches_stopped):
                 # Like a queue overflow: events were lost, so whatever was being handled
                 # is refreshed after the restart instead of being forgotten.
                 logger.warning(
@@ -346,6 +353,8 @@ class Service:
             return  # the health gate holds it; the root is counted as changed when it is back
         for folder in result.changed:
             self._debouncer.add(now, result.root, folder=folder)
+        if self._refused and result.changed and not result.first:
+            self._retry_at = 0.0  # files came back or went: predict again once the batch is due
         busy = bool(result.changed) and not result.first
         if record.poll_busy and not busy and self._waiting_for_poll:
             self._retry_at = now  # the copy is over: the held batch may go
@@ -363,6 +372,7 @@ class Service:
             self.config.probe_timeout,
             self._stop,
             self._saved.expected_below(),
+            self._saved.expected_branches(),
         )
         if self._stop.is_set():
             return results
@@ -409,6 +419,8 @@ class Service:
                     rewatched.append(record)
                     logger.info("watching %s again; counting it as changed, files may have arrived while it was away", record.key)
                     self._debouncer.add(now, record.key)
+                    if self._refused:
+                        self._retry_at = 0.0  # files may be back: predict again once the batch is due
         if learned:
             self._save()
         self._verify(rewatched)
@@ -430,7 +442,17 @@ class Service:
             record.poller.stop()
             record.poller = None
         self._watcher.unwatch(record.root.path)
+        self._branch_watcher.unwatch(record.key)
+        self._holds.release(record.key)
         record.watched = False
+
+    def _watch_around(self, record: _RootRecord, health: Health) -> None:
+        """What a watched root needs beside its own watch: its automounts held mounted, and
+        on a mergerfs pool its counterparts on the branches watched (files written straight
+        to a branch make no event on the pool)."""
+        self._holds.hold(record.key, health.automounts)
+        for problem in self._branch_watcher.watch(record.key, health.counterparts):
+            logger.warning("cannot watch %s of %s's pool: files written there directly are missed", problem, record.key)
 
     def _poll(self, record: _RootRecord, why: str, events_meanwhile: bool = False) -> None:
         """Watch ``record`` by polling from now on. ``events_meanwhile``: keep its inotify
@@ -455,6 +477,7 @@ class Service:
             if record.root.mode == "auto":
                 why = f"{health.fstype} is a network filesystem, inotify cannot see changes made on the server"
             self._poll(record, why)
+            self._watch_around(record, health)
             record.watched_as = record.identity(health)
             record.problem = ""
             return True
@@ -468,6 +491,7 @@ class Service:
                 record.problem = message
             return False
         record.watched = True
+        self._watch_around(record, health)
         record.watched_as = record.identity(health)
         record.problem = ""
         return True
@@ -564,9 +588,11 @@ class Service:
                 return
             self._waiting_for_scan = False
         # A root whose health gate is off may be refreshed while unhealthy (a disk below it
-        # gone): a scan can then remove items whatever the batch holds.
+        # gone): a scan can then remove items whatever the batch holds. With guard.when =
+        # "always" every refresh is predicted: media can vanish without an event.
         ungated = any(not r.root.health_gate and r.health is not None and not r.health.healthy for r in self._records.values())
-        if client is not None and self.config.guard and (batch.removals or ungated):
+        always = self.config.guard_when == "always"
+        if client is not None and self.config.guard and (always or batch.removals or ungated):
             asked = True
             try:
                 refusal = self._call(lambda: self._predict(client, ready_roots))
@@ -643,10 +669,7 @@ class Service:
             logger.debug("loss guard: %s (%d pages)", prediction.describe(), prediction.pages)
             count, share = self.config.limits_for(library.name)
             if prediction.refused(Limits(count, share)):
-                hint = "" if prediction.unresponsive else (
-                    f" (if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing})"
-                )
-                refusals.append(prediction.describe() + hint)
+                refusals.append(prediction.describe() + (f" ({prediction.hint})" if prediction.hint else ""))
         return "; ".join(refusals)
 
     def _gate(self, batch: Batch, now: float) -> tuple[frozenset[str], list[str]]:
@@ -838,6 +861,7 @@ class Service:
                         else record.coverage.watched if record.coverage else None
                     ),
                     "mode": "poll" if record.poller is not None else "events" if record.watched else None,
+                    "branches": [branch.as_status() for branch in health.branches] if health else [],
                 }
             )
         pending = None

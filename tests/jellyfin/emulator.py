@@ -465,6 +465,11 @@ class JellyfinEmulator:
         self.version = version
         self.users: dict[str, str] = dict(users or {})
         self.scan_duration = scan_duration
+        self.unreadable_folders: set[str] = set()
+        """Folders Jellyfin's user may not list. The emulator scans as the test process (root
+        reads everything), so a test that takes permissions away from Jellyfin's user says so
+        here: like Jellyfin 10.11 (``EnumerationOptions.IgnoreInaccessible``), a scan skips
+        them, and the items below them are removed."""
         self.server_id = uuid.uuid4().hex
         self.server_name = "jellyfin-emulator"
         self._spec = _load_spec()
@@ -717,6 +722,8 @@ class JellyfinEmulator:
                     logger.warning("Library folder %s is inaccessible or empty, skipping", location)
                     continue
                 files, unreadable = _walk(location)
+                denied = set(self.unreadable_folders)
+                files = {path for path in files if not any(_under(path, folder) for folder in denied)}
                 with self._lock:
                     for item in [item for item in self._items.values()
                                  if item.library == library.name and _under(item.path, location)]:

@@ -112,6 +112,10 @@ class Automounter:
 
     Teardown sends SIGTERM (automount unmounts what it mounted that is not busy, then its
     own autofs mounts), waits, and lazily unmounts whatever is left under ``folder``.
+
+    automount keeps a FIFO per master map entry in ``/run``: ``autofs.fifo-<path>`` for an
+    indirect map (unique to the test's folder), ``autofs.fifo--`` for the direct map, which
+    two automount daemons with direct maps running at the same moment would share.
     """
 
     def __init__(self, folder: Path, indirect: Mapping[str, str] | None = None,
@@ -174,6 +178,16 @@ class Automounter:
                 if line.split()[4] == str(point):
                     top = line.split(" - ")[1].split()[0]
         return top is not None and top != "autofs"
+
+    def expiry_attempts(self, point: Path) -> int:
+        """How often the daemon has tried to expire ``point`` so far (its debug log): each
+        try past the timeout unmounts it unless it is in use."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return 0
+        # "expire_proc_indirect: expire /auto/share", "expire_proc_direct: send expire to trigger /mnt/nas"
+        return sum(1 for line in text.splitlines() if line.endswith((f": expire {point}", f" expire to trigger {point}")))
 
     def expire(self, point: Path) -> None:
         """Take the share on ``point`` away as an expiry would, busy or not (lazily)."""

@@ -23,6 +23,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from support import _Mount, is_mounted, mount_points, unmount, wait_until
 
@@ -128,7 +129,7 @@ class Automounter:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = folder / "automount.log"
 
-    def __enter__(self) -> Automounter:
+    def __enter__(self) -> Self:
         self.folder.mkdir(parents=True, exist_ok=True)
         master = []
         if self.indirect:

@@ -23,19 +23,27 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pools import MergerFSPool, OverlayMount
 from support import REPO, BindFS, LoopDisk, WatcherProcess, run_cli, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher.core.union import BranchSpec, parse_mergerfs_branches, parse_overlay_layers, translate
+from watcher import guard
+from watcher.core.union import (
+    BranchSpec,
+    parse_mergerfs_branches,
+    parse_overlay_layers,
+    translate,
+)
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion."""
@@ -90,9 +98,10 @@ def learned_branches(state_dir: Path, root: Path) -> set[str]:
     return set((data.get("branches") or {}).get(str(root), {}))
 
 
-def status_json(config: Path, env: dict[str, str]) -> dict:
+def status_json(config: Path, env: dict[str, str]) -> dict[str, Any]:
     completed = run_cli("status", "--json", "--config", config, env=env)
-    return json.loads(completed.stdout)
+    document: dict[str, Any] = json.loads(completed.stdout)
+    return document
 
 
 @contextlib.contextmanager
@@ -439,3 +448,40 @@ def test_unreadable_folder_counts_as_removed_and_is_named(tmp_path: Path, jellyf
         watcher.wait_for_line(r"refresh sent: ", WAIT, start=mark)
         finish(watcher, jellyfin, 1)
     assert len(jellyfin.items) == 2 * PER_BRANCH + 2
+
+
+def test_existence_check_lists_each_folder_from_the_library_folder_down(tmp_path: Path) -> None:
+    # A scan reaches a file by listing every folder from the library folder down: a file
+    # whose folder is gone, or is no longer listed by its parent, is not found.
+    library = tmp_path / "movies"
+    kept, gone = movie(library, "Kept"), movie(library, "Gone")
+    nested = movie(library / "Collection" / "Part 1", "Nested")
+    shutil.rmtree(gone.parent)
+    outside = tmp_path / "elsewhere" / "Stray.mkv"  # in no library folder: its own folder is listed
+    found = guard.check_files([str(kept), str(gone), str(nested), str(outside)], [str(library)], WAIT)
+    assert found == guard.FileCheck((str(gone), str(outside)), (), True)
+    (library / "Collection").rename(library / "Renamed")
+    found = guard.check_files([str(kept), str(nested)], [str(library)], WAIT)
+    assert found.missing == (str(nested),) and found.finished
+
+
+@pytest.mark.root_only("bindfs", "fusermount")
+def test_existence_check_counts_a_dead_fuse_folder_as_unreadable(tmp_path: Path) -> None:
+    # A FUSE mount below the library folder whose daemon died answers ENOTCONN: Jellyfin's
+    # listing of it throws, and 10.11 removes the items below it.
+    library = tmp_path / "movies"
+    kept = movie(library, "Kept")
+    source = tmp_path / "nas"
+    movies(source, 3)
+    with BindFS(source, library / "nas") as mount:
+        below = sorted(str(path) for path in (library / "nas").glob("*/*.mkv"))
+        assert len(below) == 3
+        assert mount.process is not None
+        mount.process.kill()
+        mount.process.wait()
+        found = guard.check_files([str(kept), *below], [str(library)], WAIT)
+        assert found.missing == () and found.finished
+        assert {path for path, _, _ in found.unreadable} == set(below)
+        assert {(folder, error) for _, folder, error in found.unreadable} == {
+            (str(library / "nas"), "transport endpoint is not connected")
+        }

@@ -61,36 +61,50 @@ def base_of(folder):
         if (folder == location or folder.startswith(location.rstrip("/") + "/")) and (best is None or len(location) > len(best)):
             best = location
     return best or folder
-def look_up(path):
-    folder, name = os.path.split(path)
-    base = base_of(folder)
-    chain = [base]
-    rest = folder[len(base):].strip("/")
-    for part in rest.split("/") if rest else ():
-        chain.append(os.path.join(chain[-1], part))
+verdicts = {}
+def verdict(folder):
+    # Once per folder: its entries (a frozenset); or why a scan would not reach them,
+    # ("missing",) or ("unreadable", the folder that cannot be listed, the error); or None
+    # after another error (its files are taken as there).
+    if folder in verdicts:
+        return verdicts[folder]
     names = None
-    for index, current in enumerate(chain):
-        names = listing(current)
-        if isinstance(names, OSError):
-            if names.errno in GONE:
-                return {"missing": path}
-            if names.errno in UNREADABLE:
-                return {"unreadable": path, "folder": current, "error": UNREADABLE[names.errno]}
-            return None
-        following = chain[index + 1] if index + 1 < len(chain) else None
-        if following is not None and os.path.basename(following) not in names:
-            return {"missing": path}
-    return None if name in names else {"missing": path}
+    if folder == base_of(folder):
+        names = listing(folder)
+    else:
+        parent, name = os.path.split(folder)
+        above = verdict(parent)
+        if isinstance(above, tuple):
+            names = above
+        elif isinstance(above, frozenset):
+            names = listing(folder) if name in above else ("missing",)
+    if isinstance(names, OSError):
+        if names.errno in GONE:
+            names = ("missing",)
+        elif names.errno in UNREADABLE:
+            names = ("unreadable", folder, UNREADABLE[names.errno])
+        else:
+            names = None
+    verdicts[folder] = names
+    return names
 checked = 0
-for line in stdin:
-    path = os.fsdecode(line.rstrip(b"\n"))
+write = sys.stdout.write
+by_folder = {}  # the folder as given → its verdict (normalised once)
+for path in os.fsdecode(stdin.read()).split("\n"):
     if not path:
         continue
     checked += 1
-    found = look_up(os.path.normpath(path))
-    if found is not None:
-        sys.stdout.write(json.dumps(found) + "\n")
-sys.stdout.write(json.dumps({"done": checked}) + "\n")
+    folder, _, name = path.rpartition("/")
+    found = by_folder.get(folder, by_folder)
+    if found is by_folder:
+        found = by_folder[folder] = verdict(os.path.normpath(folder or "/"))
+    if found is None or (isinstance(found, frozenset) and name in found):
+        continue
+    if isinstance(found, frozenset) or found[0] == "missing":
+        write(json.dumps({"missing": path}) + "\n")
+    else:
+        write(json.dumps({"unreadable": path, "folder": found[1], "error": found[2]}) + "\n")
+write(json.dumps({"done": checked}) + "\n")
 sys.stdout.flush()
 """
 

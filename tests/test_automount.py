@@ -86,6 +86,7 @@ def mount_id(point: Path) -> int | None:
 
 def finish(watcher: WatcherProcess, jellyfin: JellyfinEmulator, refreshes: int) -> None:
     assert watcher.terminate(WAIT) == 0, watcher.output
+    print(f"[automount] the daemon's log:\n{watcher.output}")  # shown with pytest -s
     assert watcher.lines[-1].endswith("stopped; no changes pending"), watcher.output
     assert "Traceback" not in watcher.output, watcher.output
     assert jellyfin.wait_for_scans_idle(WAIT)
@@ -153,6 +154,7 @@ def test_share_that_cannot_mount_is_unhealthy(tmp_path: Path, automounter: Autom
         held = watcher.wait_for_line(r"refresh suppressed: ", WAIT)
         assert reason in held, held
         assert watcher.terminate(WAIT) == 0
+        print(f"[automount] the daemon's log:\n{watcher.output}")  # shown with pytest -s
         assert re.search(r"stopped; \d+ changes pending", watcher.lines[-1]), watcher.output
     assert jellyfin.refreshes == [] and jellyfin.removed == []
 

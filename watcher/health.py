@@ -355,7 +355,9 @@ def _with_branches(
         bad = [branch for branch in branches if not branch.healthy]
         if health.state is State.UNRESPONSIVE:
             hung = [branch for branch in bad if branch.state is State.UNRESPONSIVE]
-            reason = health.reason if not hung else f"{health.reason} ({'; '.join(b.describe() for b in hung)})"
+            reason = health.reason
+            if hung:
+                reason = f"no answer within {timeout:g} s: {'; '.join(branch.describe() for branch in hung)}"
             judged[index] = replace(health, pool=pool, branches=branches, reason=reason)
             continue
         judged[index] = health = replace(health, pool=pool, branches=branches, pool_problem=answer.problem)

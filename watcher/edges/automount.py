@@ -2,11 +2,11 @@
 
 An automount (autofs, ``x-systemd.automount``) is unmounted when it has been idle for its
 timeout, and inotify watches do not count as use: the mount expires under them, the
-watches die with it (FACTS: watchdog reports nothing), and the next look-up mounts the
-share afresh — a new mount every few minutes, each one a root that came back and is
-counted as changed. The kernel never expires a mount in use (an open file or folder on it:
-``Documentation/filesystems/autofs.rst``, "Mount expiry"), so the watcher holds each
-automounted mount point a root needs open while it watches the root.
+watches die with it (the kernel sends ``IN_UNMOUNT``; watchdog 7.1 passes no event on), and
+the next look-up mounts the share afresh — a new mount every few minutes, each one a root
+that came back and is counted as changed. The kernel never expires a mount in use (an open
+file or folder on it: ``Documentation/filesystems/autofs.rst``, "Mount expiry"), so the
+watcher holds each automounted mount point a root needs open while it watches the root.
 
 Opening a folder touches the filesystem in this process; it is done right where the
 watch is set up, which walks the same folders anyway.

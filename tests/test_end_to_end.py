@@ -724,5 +724,6 @@ def test_without_roots_the_libraries_locations_are_watched(tmp_path: Path, jelly
     assert len(jellyfin.refreshes) == 1
     assert_nothing_lost(jellyfin)
     assert len(jellyfin.items) == 4
-    # One GET /Library/VirtualFolders by check, one by run.
-    assert sum(request.path == "/Library/VirtualFolders" for request in jellyfin.requests) == 2
+    # One GET /Library/VirtualFolders by check, one by run, one by the loss guard before the
+    # refresh (guard.when = "always").
+    assert sum(request.path == "/Library/VirtualFolders" for request in jellyfin.requests) == 3

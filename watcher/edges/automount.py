@@ -40,10 +40,6 @@ class MountHolder:
         if held:
             self._held[root] = held
 
-    def held(self, root: str) -> tuple[str, ...]:
-        """The mount points held open for ``root``."""
-        return tuple(point for point, _ in self._held.get(root, ()))
-
     def release(self, root: str) -> None:
         """Let the automounts of ``root`` expire again."""
         for _, descriptor in self._held.pop(root, []):

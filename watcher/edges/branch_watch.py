@@ -74,10 +74,6 @@ class BranchWatcher:
         stopper.join(timeout)
         return not stopper.is_alive()
 
-    def watched(self, root: str) -> tuple[str, ...]:
-        """The counterparts watched for ``root``."""
-        return tuple(str(observed.path) for observed in self._watches.get(root, ()))
-
     def watch(self, root: str, counterparts: Sequence[str]) -> list[str]:
         """Watch ``counterparts`` (folders on branches) recursively for ``root`` instead of
         what was watched for it. Returns one line per counterpart that could not be

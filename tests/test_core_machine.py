@@ -460,7 +460,7 @@ def test_a_verification_shortfall_is_believed_only_after_a_probe_finds_the_root_
     assert poll.mode == "poll" and poll.keep_events
     assert of(actions, Save) and daemon.core.pending is not None  # switching counts the root as changed
     actions = daemon.feed(2.0, PollResult("/media/movies", first=True, directories=10))
-    assert of(actions, DropEvents) == [DropEvents(MOVIES)]
+    assert of(actions, DropEvents) == [DropEvents(MOVIES, ())]
 
 
 def test_a_verification_of_a_root_that_went_away_meanwhile_is_dropped() -> None:

@@ -75,6 +75,8 @@ DEFAULT_LIBRARY_INTERVAL = 600.0
 SCOPES = ("server", "library", "path")
 GATES = ("all", "library")
 SERVERS = ("jellyfin", "emby")
+GUARD_WHEN = ("always", "removals")
+"""``guard.when``: predict before every refresh, or only after a deletion, a move or an unmount."""
 DEFAULT_LOG_LEVEL = "info"
 DEFAULT_SERVER_VIEW_TIMEOUT = 15.0
 """Seconds Jellyfin may take to list one folder (``GET /Environment/DirectoryContents``) before it
@@ -228,6 +230,10 @@ class Config:
     path_map: tuple[PathMapping, ...] = ()
     guard: bool = True
     """Predict removals before a refresh and refuse a mass removal."""
+    guard_when: str = "always"
+    """``always``: the loss guard runs before every refresh; ``removals``: only before a
+    refresh whose batch deleted, moved or unmounted something (cheaper, and blind to media
+    vanishing without an event: a pool branch, a disk never seen mounted)."""
     max_removals: int = 20
     max_removal_share: float = 0.05
     """A fraction (0.05 = 5 %); the TOML key ``guard.max_share`` is in percent."""
@@ -236,9 +242,6 @@ class Config:
     guard_timeout: float = 60.0
     """Seconds the existence check of one library's files may take before the prediction
     counts as unresponsive."""
-    guard_when: str = "always"
-    """``always``: predict before every refresh; ``removals``: only after a deletion, a
-    move or an unmount (cheaper, blind to media vanishing without an event)."""
     server_view: bool = True
     """Before each refresh, list each root (and each mount point below it) as Jellyfin sees it
     and hold the refresh when Jellyfin's view is missing, empty or disagrees (``[server_view]``)."""
@@ -320,7 +323,6 @@ _TOP_KEYS = {
 _SERVER_VIEW_KEYS = {"enabled", "timeout", "in_flight"}
 _BACKUP_KEYS = {"enabled", "min_removals", "timeout", "hold_on_failure", *BACKUP_CONTENTS}
 _GUARD_KEYS = {"enabled", "when", "max_removals", "max_share", "timeout", "libraries"}
-GUARD_WHEN = ("always", "removals")
 _LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
 _JELLYFIN_KEYS = {
     "url",
@@ -539,11 +541,11 @@ def load(
         gate=gate,
         path_map=_path_map(data.get("path_map"), where),
         guard=_bool(guard.get("enabled", True), f"{where}: guard.enabled"),
+        guard_when=choice(guard, "guard", "when", GUARD_WHEN),
         max_removals=max_removals,
         max_removal_share=max_removal_share,
         library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),
         guard_timeout=_seconds(guard.get("timeout", 60.0), f"{where}: guard.timeout", 0.1),
-        guard_when=choice(guard, "guard", "when", GUARD_WHEN),
         # Emby: its folder listing is untested here, so the check is off unless asked for.
         server_view=_bool(server_view.get("enabled", server != "emby"), f"{where}: server_view.enabled"),
         server_view_timeout=_seconds(server_view.get("timeout", DEFAULT_SERVER_VIEW_TIMEOUT),

@@ -40,9 +40,15 @@ from typing import Any
 
 from watcher.config import Config, Root
 from watcher.core.protections import Protections, parse_version
-from watcher.errors import JellyfinError, ProxyRejected, Redirected, RequestRejected, ServerUnavailable, UnexpectedAnswer
-from watcher.health import probe_roots
+from watcher.errors import (
+    JellyfinError,
+    ProxyRejected,
+    Redirected,
+    UnexpectedAnswer,
+)
+from watcher.health import branch_lines, probe_roots
 from watcher.jellyfin import JellyfinClient, Library
+from watcher.state import StateStore
 
 TICKS_PER_SECOND = 10_000_000
 CLEANUP_TASK_KEY = "CleanCollectionsAndPlaylists"
@@ -107,11 +113,17 @@ def _check_locations(config: Config, libraries: Sequence[Library], say: Callable
         say("! Jellyfin has no library folders")
         return 1
     warnings = 0
-    for health in probe_roots(roots, {}, config.probe_timeout):
+    # The mount points learned while the roots were healthy (as the daemon and ``check`` use
+    # them): a root on the bare folder of a missing disk is unmounted here too, not healthy.
+    saved = StateStore(config.state_dir).load()
+    for health in probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below(),
+                              expected_branches=saved.expected_branches()):
         jellyfin_path = config.jellyfin_path(str(health.root.path))
         shown = str(health.root.path) if jellyfin_path == str(health.root.path) else f"{jellyfin_path} → {health.root.path}"
         if health.healthy:
             say(f"✓ library {health.root.library_name}: {shown} is healthy")
+            for line in branch_lines(health):
+                say(f"  {line}")
             continue
         warnings += 1
         fix = ""
@@ -121,6 +133,8 @@ def _check_locations(config: Config, libraries: Sequence[Library], say: Callable
                 'local = "<the same folder on this machine>"'
             )
         say(f"! library {health.root.library_name}: {shown} is {health.state} ({health.reason}){fix}")
+        for line in branch_lines(health):
+            say(f"  {line}")
     return warnings
 
 

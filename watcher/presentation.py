@@ -28,6 +28,7 @@ def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -
             "watched_directories": root.watched_directories,
             "mode": root.mode,
             "verified": root.verified,
+            "branches": [dict(branch) for branch in root.branches],
         }
         for root in snapshot.roots
     ]
@@ -65,7 +66,7 @@ def signature(snapshot: Snapshot) -> tuple[Any, ...]:
     pending count alone is not: it is written at most every few seconds)."""
     pending = snapshot.pending
     return (
-        tuple((r.path, r.state, r.reason, r.watched, r.watched_directories, r.verified) for r in snapshot.roots),
+        tuple((r.path, r.state, r.reason, r.watched, r.watched_directories, r.verified, r.branches) for r in snapshot.roots),
         None if pending is None else (pending.roots, pending.held, pending.first_change),
         snapshot.last_refresh and (snapshot.last_refresh.at, snapshot.last_refresh.result),
         snapshot.last_backup and snapshot.last_backup.at,

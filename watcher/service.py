@@ -28,9 +28,9 @@ from typing import Any
 from watcher import status as status_file
 from watcher.config import Config
 from watcher.core.machine import Core, daemon_view, listed, snapshot
+from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
 from watcher.core.notices import Notices, Policy
 from watcher.edges.notifications import Sender
-from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
 from watcher.edges.sdnotify import Notifier
 from watcher.edges.workers import Executor, Reloader
 from watcher.errors import ConfigError

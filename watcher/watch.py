@@ -35,7 +35,7 @@ import logging
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -55,6 +55,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from watcher.core.messages import EventsLost, FileEvent, MountsChanged
+from watcher.core.union import translate
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,28 @@ class _Handler(FileSystemEventHandler):
                             event.is_directory))
 
 
+class _TranslatingHandler(FileSystemEventHandler):
+    """Hands each event under ``counterpart`` (a root's folder on a mergerfs branch) to the
+    queue as an event of ``root``, its paths as the pool shows them
+    (``/mnt/disk1/movies/New/New.mkv`` → ``/pool/movies/New/New.mkv``): one batch, one
+    refresh, whichever way a file arrived."""
+
+    __slots__ = ("_counterpart", "_put", "_root")
+
+    def __init__(self, root: str, counterpart: str, put: Callable[[object], None]) -> None:
+        self._root = root
+        self._counterpart = counterpart
+        self._put = put
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = _KINDS.get(event.event_type)
+        if kind is None:
+            return
+        source = translate(os.fsdecode(event.src_path), self._counterpart, self._root)
+        destination = translate(os.fsdecode(event.dest_path), self._counterpart, self._root) if event.dest_path else ""
+        self._put(FileEvent(self._root, kind, source, destination, event.is_directory))
+
+
 class _OverflowHandler(logging.Handler):
     """Only where the reconciling observer cannot be used (a watchdog without the internals
     it builds on): watchdog's queue-overflow WARNING becomes an :class:`EventsLost` item."""
@@ -113,7 +136,11 @@ its callback and recovers from it without overflowing again (:class:`_Reconcilin
 None elsewhere: watchdog's native observer is used."""
 
 try:
-    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+    from watchdog.observers.inotify import (
+        InotifyEmitter,
+        InotifyObserver,
+        InotifyWatchGroup,
+    )
     from watchdog.observers.inotify_c import InotifyFD
 except Exception:  # not Linux: watchdog's inotify module cannot load
     pass
@@ -294,10 +321,15 @@ class RootWatcher:
         with self._lock:
             return frozenset(self._observers)
 
-    def watch(self, root: Path) -> str | None:
-        """Watch ``root`` recursively (again, if it was watched). Returns None on success,
-        else the reason it could not be watched (e.g. ``"no such folder"``,
-        ``"inotify watch limit reached"``). Blocks while watchdog walks the tree."""
+    def watch(self, root: Path, counterparts: Sequence[str] = (), problems: list[str] | None = None,
+              include_root: bool = True) -> str | None:
+        """Watch ``root`` recursively (again, if it was watched), and its ``counterparts`` (its
+        folders on a mergerfs pool's branches: inotify on the pool does not see files written
+        straight to a branch, inotify on the branch does; mergerfs(1)). Returns None on
+        success, else the reason the root could not be watched (e.g. ``"no such folder"``,
+        ``"inotify watch limit reached"``); a counterpart that cannot be watched is added to
+        ``problems`` (``"/mnt/disk1/movies: permission denied"``). ``include_root`` False:
+        only the counterparts (a root that is polled). Blocks while watchdog walks the trees."""
         key = str(root)
         self.unwatch(root)
         if _reconciling_observer is not None:
@@ -307,7 +339,15 @@ class RootWatcher:
         observer.daemon = True
         observer.name = f"watch {key}"
         try:
-            observer.schedule(_Handler(key, self._put), key, recursive=True, event_filter=EVENT_FILTER)
+            if include_root:
+                observer.schedule(_Handler(key, self._put), key, recursive=True, event_filter=EVENT_FILTER)
+            for folder in counterparts:
+                try:
+                    observer.schedule(_TranslatingHandler(key, folder, self._put), folder, recursive=True,
+                                      event_filter=EVENT_FILTER)
+                except OSError as error:
+                    if problems is not None:
+                        problems.append(f"{folder}: {error.strerror or error}")
             observer.start()
         except FileNotFoundError:
             problem: str | None = "no such folder"

@@ -19,6 +19,7 @@ from watcher.core.serverview import Comparison
 from watcher.edges.serverview import check_roots
 from watcher.errors import JellyfinError
 from watcher.guard import Limits, predict
+from watcher.health import branch_lines
 from watcher.jellyfin import JellyfinClient
 from watcher.presentation import check_line
 
@@ -50,6 +51,8 @@ def check(config: Config, predict_removals: bool = False, relearn: bool = False)
     for health in results:
         shown = views.get(str(health.root.path), [])
         print("; ".join([check_line(health, config), *(comparison.describe() for comparison in shown)]))
+        for line in branch_lines(health):
+            print(f"  {line}")
     code = EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
     if any(comparison.holds for shown in views.values() for comparison in shown):
         code = EXIT_UNHEALTHY

@@ -60,7 +60,8 @@ def probe(config: Config, roots: Sequence[Root], saved: SavedState | None = None
     """Probe ``roots`` against the mount points learned while they were healthy; a root
     that is a file is a usage error (ConfigError)."""
     saved = StateStore(config.state_dir).load() if saved is None else saved
-    results = probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below())
+    results = probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below(),
+                          expected_branches=saved.expected_branches())
     for health in results:
         if health.is_file:
             raise ConfigError(f"root {health.root.path} is a file, not a folder: give the library's folder")

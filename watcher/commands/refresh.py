@@ -170,8 +170,8 @@ def _report(config: Config, predictions: Sequence[Prediction], allowed: int, say
         count, share = config.limits_for(prediction.library.name)
         if prediction.refused(Limits(count, share), allowed=allowed):
             say(f"refresh refused: {prediction.describe()}")
-            if not prediction.unresponsive:
-                say(f"  if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing}")
+            if prediction.hint:
+                say(f"  {prediction.hint}")
         elif prediction.missing and prediction.missing <= allowed:
             say(f"removals allowed: {prediction.describe()}")
 

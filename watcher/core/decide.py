@@ -285,8 +285,5 @@ def refusals(predictions: Sequence[Prediction], config: Config, allowed: int = 0
         count, share = config.limits_for(prediction.library.name)
         if not prediction.refused(Limits(count, share), allowed=allowed):
             continue
-        hint = "" if prediction.unresponsive else (
-            f" (if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing})"
-        )
-        refused.append(prediction.describe() + hint)
+        refused.append(prediction.describe() + (f" ({prediction.hint})" if prediction.hint else ""))
     return "; ".join(refused)

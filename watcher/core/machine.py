@@ -15,6 +15,7 @@ steps before a refresh), :mod:`~watcher.core.scope` (what to send), and
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -62,13 +63,19 @@ from watcher.core.messages import (
     info,
     warning,
 )
-from watcher.core.notices import DaemonView, Failure, PendingView, Refusal, RefreshView
+from watcher.core.notices import DaemonView, Failure, PendingView, RefreshView, Refusal
 from watcher.core.notices import RootView as NoticeRoot
 from watcher.core.roots import RootTracker
 from watcher.core.scope import RefreshRequest, plan
 from watcher.core.serverview import reasons as view_reasons
 from watcher.core.writes import WriteTracker
-from watcher.errors import ConfigError, KeyRejected, ServerUnavailable, SetupError, WatcherError
+from watcher.errors import (
+    ConfigError,
+    KeyRejected,
+    ServerUnavailable,
+    SetupError,
+    WatcherError,
+)
 from watcher.filters import IgnoreFilter
 from watcher.guard import Prediction
 from watcher.paths import within
@@ -330,7 +337,11 @@ class Core:
             self.removals += 1
         for path in paths:
             if within(path, root):
-                self.debouncer.add(now, root, folder=os.path.dirname(path) or root, removal=removal)
+                self._count(now, root, os.path.dirname(path) or root, removal)
+
+    def _count(self, now: float, root: str, folder: str | None = None, removal: bool = False) -> None:
+        """One change under ``root`` (in ``folder``; None: the root as a whole)."""
+        self.debouncer.add(now, root, folder=folder, removal=removal)
         if self.refused:
             self.retry_at = 0.0  # files came back or went: predict again once the batch is due
 
@@ -361,7 +372,7 @@ class Core:
         changed = tracker.on_poll(result)
         actions.extend(tracker.take_actions())
         for folder in changed or ():
-            self.debouncer.add(now, result.root, folder=folder)
+            self._count(now, result.root, folder)
 
     # --- health and watching -----------------------------------------------------------
 
@@ -376,12 +387,7 @@ class Core:
     def _probe(self, now: float) -> Probe:
         self.probing.started_at = now
         self.probing.again = False
-        return Probe(
-            now,
-            tuple(tracker.root for tracker in self.roots.values()),
-            dict(self.saved.mounts),
-            {key: tuple(points) for key, points in self.saved.below.items()},
-        )
+        return Probe(now, tuple(tracker.root for tracker in self.roots.values()), copy.deepcopy(self.saved))
 
     def _on_probed(self, now: float, probed: Probed, actions: list[Action]) -> None:
         if self.probing.started_at == probed.started_at:
@@ -437,7 +443,7 @@ class Core:
             actions.append(
                 info(f"watching {tracker.key} again; counting it as changed, files may have arrived while it was away")
             )
-            self.debouncer.add(now, tracker.key)
+            self._count(now, tracker.key)
         actions.extend(tracker.take_actions())
         self.first_watches.discard(watched.root)
 
@@ -993,6 +999,8 @@ class RootSnapshot:
     mode: str | None
     watched_directories: int | None
     verified: bool
+    branches: tuple[dict[str, object], ...] = ()
+    """The pool's branches (mergerfs, overlay), each as ``status --json`` shows it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1039,6 +1047,7 @@ def snapshot(core: Core, now: float) -> Snapshot:
                 tracker.watch if tracker.watched else None,
                 directories,
                 tracker.verified,
+                tuple(branch.as_status() for branch in health.branches) if health else (),
             )
         )
     batch = core.debouncer.pending

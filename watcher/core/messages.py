@@ -9,8 +9,7 @@ the executor (:mod:`watcher.edges.workers`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from watcher.config import Config, Root
@@ -18,6 +17,7 @@ from watcher.core.debounce import Batch
 from watcher.core.scope import RefreshRequest
 from watcher.core.writes import WriteCheck
 from watcher.errors import WatcherError
+from watcher.state import SavedState
 
 if TYPE_CHECKING:
     from watcher.core.serverview import Comparison
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from watcher.guard import Prediction
     from watcher.health import Health
     from watcher.poll import PollResult
-    from watcher.state import SavedState
     from watcher.verify import Coverage
 
 # --- items: into the core -------------------------------------------------------------
@@ -224,8 +223,9 @@ class Probe:
 
     started_at: float
     roots: tuple[Root, ...]
-    expected_mounts: Mapping[str, str] = field(default_factory=dict)
-    expected_below: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    learned: SavedState
+    """What was learned while the roots were healthy: their mount points, the disks below
+    them, their pools' branches (a copy: the probe runs on a worker)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +240,12 @@ class Watch:
     poll_interval: float = 60.0
     keep_events: bool = False
     why: str = ""
+    counterparts: tuple[str, ...] = ()
+    """On a mergerfs pool: the root's folders on the branches, watched too (a file written
+    straight to a branch makes no event on the pool)."""
+    automounts: tuple[str, ...] = ()
+    """Automounted mount points the root needs, held open while watched (else they expire
+    under the watches)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +257,11 @@ class Unwatch:
 
 @dataclass(frozen=True, slots=True)
 class DropEvents:
-    """The poller of ``root`` has its baseline: its inotify watch can go."""
+    """The poller of ``root`` has its baseline: its inotify watch can go (its ``counterparts``
+    on a pool's branches stay watched)."""
 
     root: Root
+    counterparts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,14 @@ from watcher.poll import PollResult
 from watcher.verify import Coverage
 
 Identity = tuple[Any, ...]
-"""(device, inode, mounts) of a root: what its watch was set up on."""
+"""(device, inode, mounts, branches) of a root: what its watch was set up on."""
 
 
 def identity(health: Health) -> Identity:
-    return (health.device, health.inode, health.mounts)
+    """What a root's watch depends on: its folder, the mounts on and below it, and on a
+    mergerfs pool each branch with its mount ID (a branch remounted takes the watches of its
+    counterpart with it)."""
+    return (health.device, health.inode, health.mounts, health.branch_identity)
 
 
 def mode_for(root: Root, health: Health | None, config: Config) -> str:
@@ -182,11 +185,13 @@ class RootTracker:
             self.watch = "poll"
             self.why_polled = why
             self.verified = True
-            self.actions.append(Watch(self.root, ticket, "poll", self.poll_interval(config), why=why))
+            self.actions.append(Watch(self.root, ticket, "poll", self.poll_interval(config), why=why,
+                                      counterparts=health.counterparts, automounts=health.automounts))
             self.actions.append(info(f"polling {self.key} every {self.poll_interval(config):g} s: {why}"))
         else:
             self.watch = "events"
-            self.actions.append(Watch(self.root, ticket, "events"))
+            self.actions.append(Watch(self.root, ticket, "events", counterparts=health.counterparts,
+                                      automounts=health.automounts))
 
     def poll_interval(self, config: Config) -> float:
         return self.root.poll_interval or config.poll_interval
@@ -238,7 +243,10 @@ class RootTracker:
         self.fallback = True
         self.why_polled = 'inotify cannot watch all of it (fallback = "poll")'
         interval = self.poll_interval(config)
-        self.actions.append(Watch(self.root, next_ticket, "poll", interval, keep_events=True, why=self.why_polled))
+        health = self.health
+        self.actions.append(Watch(self.root, next_ticket, "poll", interval, keep_events=True, why=self.why_polled,
+                                  counterparts=health.counterparts if health else (),
+                                  automounts=health.automounts if health else ()))
         self.actions.append(info(f"polling {self.key} every {interval:g} s: {self.why_polled}"))
         return True
 
@@ -253,7 +261,7 @@ class RootTracker:
             return None
         self.poll_directories = result.directories
         if result.first:
-            self.actions.append(DropEvents(self.root))
+            self.actions.append(DropEvents(self.root, self.health.counterparts if self.health else ()))
         if result.failed:
             self.actions.append(debug(f"polling {self.key}: {result.failed}"))
             return None

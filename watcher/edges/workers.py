@@ -19,7 +19,6 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -55,6 +54,7 @@ from watcher.core.messages import (
     WritesChecked,
 )
 from watcher.core.scope import RefreshRequest
+from watcher.edges.automount import MountHolder
 from watcher.edges.backup import BackupUnavailable, create_backup
 from watcher.edges.serverview import check_roots
 from watcher.edges.writes import check_writes
@@ -149,6 +149,7 @@ class Executor:
         self._reload = reload
         self.watcher = RootWatcher(put)
         self._pollers: dict[str, RootPoller] = {}
+        self._holds = MountHolder()
         self._root_workers: dict[str, SerialWorker] = {}
         self._probes = SerialWorker("probe", put)
         self._verifier = SerialWorker("verify-watches", put)
@@ -173,8 +174,8 @@ class Executor:
                 self._root_worker(action.root).submit("Watch", lambda: self._watch(action))
             case Unwatch(root=root):
                 self._root_worker(root).submit("Unwatch", lambda: self._unwatch(root))
-            case DropEvents(root=root):
-                self._root_worker(root).submit("DropEvents", lambda: self._drop_events(root))
+            case DropEvents(root=root, counterparts=counterparts):
+                self._root_worker(root).submit("DropEvents", lambda: self._drop_events(root, counterparts))
             case Verify(root=root, ticket=ticket):
                 self._verifier.submit("Verify", lambda: self._verify(root, ticket))
             case CheckWrites(paths=paths):
@@ -200,6 +201,7 @@ class Executor:
         for poller in list(self._pollers.values()):
             poller.stop(0.5)
         self._pollers.clear()
+        self._holds.close()
         stopped = self.watcher.stop(timeout)
         for worker in [*self._root_workers.values(), self._probes, self._verifier, self._server, self._files]:
             worker.stop()
@@ -215,17 +217,20 @@ class Executor:
     # --- jobs (each runs on a worker) ----------------------------------------------------
 
     def _probe(self, probe: Probe) -> Probed:
+        learned = probe.learned
         results = probe_roots(
             probe.roots,
-            {Path(root): Path(mount) for root, mount in probe.expected_mounts.items()},
+            learned.expected_mounts(),
             self.config.probe_timeout,
             self._stop,
-            {Path(root): list(points) for root, points in probe.expected_below.items()},
+            learned.expected_below(),
+            learned.expected_branches(),
         )
         return Probed(probe.started_at, tuple(results))
 
     def _watch(self, watch: Watch) -> Watched:
         key = str(watch.root.path)
+        self._holds.hold(key, watch.automounts)
         if watch.mode == "poll":
             old = self._pollers.pop(key, None)
             if old is not None:
@@ -237,20 +242,32 @@ class Executor:
                                 self._put)
             self._pollers[key] = poller
             poller.start()
+            if watch.counterparts and not watch.keep_events:
+                self._drop_events(watch.root, watch.counterparts)
             return Watched(key, watch.ticket)
         old = self._pollers.pop(key, None)
         if old is not None:
             old.stop()
-        return Watched(key, watch.ticket, self.watcher.watch(watch.root.path))
+        problems: list[str] = []
+        problem = self.watcher.watch(watch.root.path, watch.counterparts, problems)
+        for line in problems:
+            logger.warning("cannot watch %s of %s's pool: files written there directly are missed", line, key)
+        return Watched(key, watch.ticket, problem)
 
     def _unwatch(self, root: Root) -> None:
         poller = self._pollers.pop(str(root.path), None)
         if poller is not None:
             poller.stop()
         self.watcher.unwatch(root.path)
+        self._holds.release(str(root.path))
 
-    def _drop_events(self, root: Root) -> None:
+    def _drop_events(self, root: Root, counterparts: tuple[str, ...]) -> None:
         self.watcher.unwatch(root.path)
+        if counterparts:
+            problems: list[str] = []
+            self.watcher.watch(root.path, counterparts, problems, include_root=False)
+            for line in problems:
+                logger.warning("cannot watch %s of %s's pool: files written there directly are missed", line, root.path)
 
     def _verify(self, root: Root, ticket: int) -> Verified:
         [result] = coverage([root.path], max(self.config.probe_timeout, VERIFY_TIMEOUT), self._stop,

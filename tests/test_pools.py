@@ -491,3 +491,31 @@ def test_existence_check_counts_a_dead_fuse_folder_as_unreadable(tmp_path: Path)
         assert {(folder, error) for _, folder, error in found.unreadable} == {
             (str(library / "nas"), "transport endpoint is not connected")
         }
+
+
+@pytest.mark.root_only("unshare")
+def test_an_overlay_whose_layers_this_namespace_cannot_see_is_not_unhealthy(tmp_path: Path, env: dict[str, str]) -> None:
+    """A container's own root (Docker, systemd-nspawn) is an overlay whose mount options name
+    host folders that do not exist inside the container: a root on it is healthy, its layers
+    reported as not checked. Here: the overlay is mounted in a private mount namespace, then
+    the folder holding its layers is covered by an empty tmpfs, as a container sees it."""
+    hidden = tmp_path / "host"
+    lower, upper, work = hidden / "lower", hidden / "upper", hidden / "work"
+    movies(lower / "movies", 3)
+    upper.mkdir()
+    work.mkdir()
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    root = merged / "movies"
+    script = (
+        f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged} && "
+        f"mount -t tmpfs tmpfs {hidden} && "
+        f'exec {sys.executable} -m watcher check --state-dir {tmp_path / "state"} {root}'
+    )
+    checked = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                             capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False)
+    assert checked.returncode == 0, checked
+    lines = checked.stdout.splitlines()
+    assert lines[0].startswith(f"{root}: healthy (on {merged} (overlay))"), lines
+    assert lines[1] == (f"  branch {lower} (lower) of the overlayfs pool {merged}: not visible in this mount "
+                        "namespace (a container's own layers?): not checked"), lines

@@ -403,6 +403,11 @@ def _judge_branch(
     if found.fstype == "autofs":
         return replace(found, state=State.UNMOUNTED, reason="is not mounted (its automount did not mount)")
     kind_found = answer.get("kind")
+    if kind_found == "absent" and kind == "overlayfs" and learned is None:
+        # An overlay's layers are named in its mount options as the namespace that mounted
+        # it saw them: a container's own root (Docker, systemd-nspawn) names host folders
+        # that do not exist in here. Never seen here, they cannot be checked here.
+        return replace(found, reason="not visible in this mount namespace (a container's own layers?): not checked")
     if kind_found == "absent":
         return replace(found, state=State.MISSING, reason="is missing")
     if kind_found == "file":
@@ -432,7 +437,9 @@ def branch_lines(health: Health) -> list[str]:
         lines.append(f"the pool {health.pool}: {health.pool_problem}: its branches are not checked")
     for branch in health.branches:
         head = f"branch {branch.path} ({branch.mode}) of the {branch.kind} pool {branch.pool}"
-        if branch.healthy:
+        if branch.healthy and branch.reason:
+            lines.append(f"{head}: {branch.reason}")
+        elif branch.healthy:
             where = f"on {branch.mount_point}" + (f", {branch.fstype}" if branch.fstype else "")
             lines.append(f"{head}: healthy ({where})")
         else:

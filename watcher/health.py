@@ -83,6 +83,9 @@ class BranchHealth:
     mount_id: int = 0
     empty: bool = False
     counterpart: str | None = None
+    visible: bool = True
+    """False for an overlay layer this mount namespace cannot see (a container's own root
+    names host folders): it is neither checked nor learned."""
 
     @property
     def healthy(self) -> bool:
@@ -164,7 +167,7 @@ class Health:
         key = str(self.root.path)
         learned = saved.learn(key, mount_point, self.mounts_below, self.root.mount is not None)
         for branch in self.branches:
-            if branch.healthy and branch.mount_point is not None:
+            if branch.healthy and branch.visible and branch.mount_point is not None:
                 seen = LearnedBranch(branch.pool, branch.kind, branch.mode, branch.mount_point, not branch.empty)
                 learned |= saved.learn_branch(key, branch.path, seen)
         return learned
@@ -407,7 +410,8 @@ def _judge_branch(
         # An overlay's layers are named in its mount options as the namespace that mounted
         # it saw them: a container's own root (Docker, systemd-nspawn) names host folders
         # that do not exist in here. Never seen here, they cannot be checked here.
-        return replace(found, reason="not visible in this mount namespace (a container's own layers?): not checked")
+        return replace(found, reason="not visible in this mount namespace (a container's own layers?): not checked",
+                       visible=False, mount_point=None, fstype=None, mount_id=0)
     if kind_found == "absent":
         return replace(found, state=State.MISSING, reason="is missing")
     if kind_found == "file":

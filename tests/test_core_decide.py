@@ -12,10 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import Config, Root
+from watcher.config import (
+    Config,
+    Gate,
+    GuardSettings,
+    GuardWhen,
+    LibraryLimits,
+    RefreshSettings,
+    Root,
+    Scope,
+    ServerViewSettings,
+)
 from watcher.core import decide as steps
 from watcher.core.debounce import Batch
-from watcher.core.decide import Attempt, Situation, decide, guard_applies, libraries_in_scope, refusals
+from watcher.core.decide import (
+    Attempt,
+    Situation,
+    decide,
+    guard_applies,
+    libraries_in_scope,
+    refusals,
+)
 from watcher.core.gate import RootView, Verdict, gate
 from watcher.guard import Prediction
 from watcher.jellyfin import Library
@@ -67,10 +84,12 @@ def prediction(name: str, item_id: str, items: int, missing: int, unresponsive: 
     return Prediction(Library(name, item_id, (f"/media/{name.lower()}",)), items, missing, examples, unresponsive, 1)
 
 
-ALWAYS = Config(scope="library", gate="library", server_view=False)
-SERVER = Config(server_view=False)
-REMOVALS = Config(scope="library", gate="library", guard_when="removals", server_view=False)
-VIEWS = Config(scope="library", gate="library")  # Jellyfin's view compared too (the default)
+BY_LIBRARY = RefreshSettings(Scope.LIBRARY, Gate.LIBRARY)
+NO_VIEW = ServerViewSettings(enabled=False)
+ALWAYS = Config(refresh=BY_LIBRARY, server_view=NO_VIEW)
+SERVER = Config(server_view=NO_VIEW)
+REMOVALS = Config(refresh=BY_LIBRARY, guard=GuardSettings(when=GuardWhen.REMOVALS), server_view=NO_VIEW)
+VIEWS = Config(refresh=BY_LIBRARY)  # Jellyfin's view compared too (the default)
 ready = frozenset({"/media/movies"})
 
 
@@ -108,7 +127,7 @@ STEPS = [
      100.0, steps.PredictRemovals(frozenset({MOVIES}))),
     ("guard.when = removals: an unhealthy root without health gate is predicted", REMOVALS,
      situation(roots=views(ungated_unhealthy=True)), 100.0, steps.PredictRemovals(frozenset({MOVIES}))),
-    ("guard off: straight to the send", replace(ALWAYS, guard=False), situation(), 100.0, steps.SendRefresh(ready)),
+    ("guard off: straight to the send", replace(ALWAYS, guard=replace(ALWAYS.guard, enabled=False)), situation(), 100.0, steps.SendRefresh(ready)),
     ("Jellyfin's view is compared before the guard", VIEWS, situation(), 100.0, steps.CompareViews(ready)),
     ("Jellyfin's view disagrees: held, looked at again", VIEWS, situation(attempt=Attempt(100.0, views=("empty",))),
      100.0, steps.HoldForViews(("empty",), 105.0)),
@@ -126,7 +145,7 @@ STEPS = [
     ("the backup covers these removals: no second one", ALWAYS,
      situation(backed_up=12, attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 1000, 12),),
                                              predicted_for=frozenset({MOVIES}))), 100.0, steps.SendRefresh(ready)),
-    ("backups off", replace(ALWAYS, backup=False),
+    ("backups off", replace(ALWAYS, backup=replace(ALWAYS.backup, enabled=False)),
      situation(attempt=Attempt(100.0, predictions=(prediction("Movies", MOVIES, 1000, 12),),
                                predicted_for=frozenset({MOVIES}))), 100.0, steps.SendRefresh(ready)),
     ("Jellyfin answered after the probe: probe again before sending", ALWAYS,
@@ -197,7 +216,7 @@ def test_a_refusal_is_a_step_with_its_recheck() -> None:
 
 
 def test_per_library_limits_apply() -> None:
-    lenient = replace(ALWAYS, library_limits=(("Movies", 80, 0.9),))
+    lenient = replace(ALWAYS, guard=replace(ALWAYS.guard, libraries=(LibraryLimits("Movies", 80, 0.9),)))
     assert refusals((prediction("Movies", MOVIES, 100, 60),), lenient) == ""
 
 
@@ -215,7 +234,7 @@ def test_guard_applies() -> None:
     assert guard_applies(batch("/media/movies"), views(), ALWAYS)
     assert not guard_applies(batch("/media/movies"), views(), REMOVALS)
     assert guard_applies(batch("/media/movies", removals=True), views(), REMOVALS)
-    assert not guard_applies(batch("/media/movies", removals=True), views(), replace(ALWAYS, guard=False))
+    assert not guard_applies(batch("/media/movies", removals=True), views(), replace(ALWAYS, guard=replace(ALWAYS.guard, enabled=False)))
 
 
 GATES = [

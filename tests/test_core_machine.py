@@ -16,7 +16,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from watcher.config import Config, Root
+from watcher.config import (
+    Config,
+    Gate,
+    RefreshSettings,
+    Root,
+    Scope,
+    ServerViewSettings,
+    WatchSettings,
+)
 from watcher.core.machine import READY_DEADLINE, Core, snapshot
 from watcher.core.messages import (
     Action,
@@ -69,8 +77,11 @@ MOVIES_ID = "a" * 32
 MOVIES = Root(Path("/media/movies"), library_id=MOVIES_ID, library_name="Movies")
 SHOWS = Root(Path("/media/shows"), library_id="b" * 32, library_name="Shows")
 QUIET = 30.0
-CONFIG = Config(quiet_period=QUIET, max_wait=600.0, settle=10.0, health_interval=60.0, scope="library", gate="library",
-                server_view=False)
+CONFIG = Config(
+    refresh=RefreshSettings(Scope.LIBRARY, Gate.LIBRARY),
+    watch=WatchSettings(quiet_period=QUIET, max_wait=600.0, settle=10.0, health_interval=60.0),
+    server_view=ServerViewSettings(enabled=False),
+)
 
 
 def healthy(root: Root, mount_id: int = 7) -> Health:
@@ -232,11 +243,11 @@ def test_a_reload_while_a_batch_is_held_keeps_the_batch() -> None:
     actions = daemon.probe_answered(31.0, daemon.feed(31.0, MountsChanged()), unmounted(MOVIES), unmounted(SHOWS))
     assert daemon.core.held
     assert of(daemon.feed(32.0, Reload()), ReadRoots) == [ReadRoots("reload")]
-    new_config = replace(CONFIG, quiet_period=5.0)
+    new_config = replace(CONFIG, watch=replace(CONFIG.watch, quiet_period=5.0))
     actions = daemon.feed(33.0, RootsRead("reload", (MOVIES, SHOWS), new_config))
     assert "configuration reloaded" in logged(actions)
     assert daemon.core.pending is not None and daemon.core.pending.changes == 1
-    assert daemon.core.config.quiet_period == 5.0
+    assert daemon.core.config.watch.quiet_period == 5.0
 
 
 def test_a_stop_while_a_request_hangs_saves_the_batch_being_sent() -> None:
@@ -299,7 +310,7 @@ def test_anything_unexpected_in_a_job_is_an_error_and_the_batch_is_retried() -> 
 
 
 def test_a_running_scan_is_waited_for_and_said_once() -> None:
-    daemon = Daemon(config=replace(CONFIG, scope="server", gate="all"))
+    daemon = Daemon(config=replace(CONFIG, refresh=RefreshSettings()))
     daemon.change(1.0)
     library = Library("Movies", MOVIES_ID, ("/media/movies",))
 
@@ -399,7 +410,7 @@ def test_a_creation_without_a_writer_does_not_hold(case: str, check: WriteCheck)
 
 
 def test_a_file_open_longer_than_max_write_wait_stops_holding_with_a_warning() -> None:
-    daemon = Daemon(config=replace(CONFIG, max_write_wait=100.0, health_interval=1000.0))
+    daemon = Daemon(config=replace(CONFIG, watch=replace(CONFIG.watch, max_write_wait=100.0, health_interval=1000.0)))
     daemon.change(0.0, "Stuck.mkv", kind="created")
     while daemon.core.wake_at < 100.0:
         now = daemon.core.wake_at
@@ -518,7 +529,7 @@ def _comparison(hold: bool) -> Comparison:
 
 
 def test_jellyfins_view_disagreeing_holds_once_and_agreeing_again_lets_it_go() -> None:
-    daemon = Daemon(config=replace(CONFIG, server_view=True))
+    daemon = Daemon(config=replace(CONFIG, server_view=ServerViewSettings()))
     daemon.change(1.0)
     actions = daemon.probe_answered(31.0, daemon.feed(31.0, Tick()))
     check = daemon.one(actions, CheckViews)

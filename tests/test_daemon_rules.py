@@ -7,7 +7,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from support import WatcherProcess, assert_nothing_lost, child_env, movie, run_cli, toml_string, wait_until
+from support import (
+    WatcherProcess,
+    assert_nothing_lost,
+    child_env,
+    movie,
+    run_cli,
+    toml_string,
+    wait_until,
+)
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from tests.jellyfin.proxies import SignInProxy

@@ -15,7 +15,6 @@ library is measured by ``tests/benchmarks/guard_cost.py`` (not part of the defau
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
@@ -37,7 +36,7 @@ from support import (
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher import guard, service
+from watcher import guard
 from watcher import status as watcher_status
 from watcher.config import Secret
 from watcher.guard import Limits

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-
 from support import BindFS, TmpfsMount
+
 from watcher import health
 from watcher.config import Root
 from watcher.health import Health, State, mount_point_of, probe_roots

@@ -661,7 +661,7 @@ def test_urls_from_the_environment_a_credential_a_file_or_the_configuration(tmp_
 
     def urls(environ: dict[str, str]) -> tuple[list[str], str]:
         loaded = load(config, {}, environ)
-        return [url.reveal() for url in loaded.notify_urls], loaded.sources["notify_urls"]
+        return [url.reveal() for url in loaded.notify.urls], loaded.sources["notify.urls"]
 
     assert urls({}) == ([in_file, f"gotify://gotify.lan/{TOKEN}"], f"{config}: notify.urls_file")
     with_credential = {"CREDENTIALS_DIRECTORY": str(credentials)}
@@ -669,13 +669,13 @@ def test_urls_from_the_environment_a_credential_a_file_or_the_configuration(tmp_
     from_env = {**with_credential, "JELLYFIN_WATCHER_NOTIFY_URLS": f"json://a.lan/{TOKEN} ntfy://ntfy.sh/x"}
     assert urls(from_env) == ([f"json://a.lan/{TOKEN}", "ntfy://ntfy.sh/x"], "JELLYFIN_WATCHER_NOTIFY_URLS")
     loaded = load(config, {}, {})
-    assert (loaded.notify_after, loaded.notify_rate_limit, loaded.notify_timeout) == (60.0, 120.0, 5.0)
+    assert (loaded.notify.after, loaded.notify.rate_limit, loaded.notify.timeout) == (60.0, 120.0, 5.0)
     assert TOKEN not in repr(loaded) and TOKEN not in str(loaded)
 
     config.write_text(f'[notify]\nurls = ["json://127.0.0.1:9/{TOKEN}"]\n')
-    assert [url.reveal() for url in load(config, {}, {}).notify_urls] == [f"json://127.0.0.1:9/{TOKEN}"]
+    assert [url.reveal() for url in load(config, {}, {}).notify.urls] == [f"json://127.0.0.1:9/{TOKEN}"]
     defaults = load(None, {}, {})
-    assert (defaults.notify_urls, defaults.notify_after, defaults.notify_rate_limit) == ((), 900.0, 3600.0)
+    assert (defaults.notify.urls, defaults.notify.after, defaults.notify.rate_limit) == ((), 900.0, 3600.0)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -702,7 +702,9 @@ def test_config_print_masks_urls_and_status_never_shows_them(tmp_path: Path, not
     printed = run_cli("config", "--print", "--config", config, env=notify_env)
     assert printed.returncode == 0, printed
     assert ('\n[notify]\nurls = ["ntfys://****@ntfy.example.com/****", "tgram://****/****"]'
-            f"  # from {config}: notify.urls\nafter = 30\nrate_limit = 600\ntimeout = 3\n") in printed.stdout
+            f"  # from {config}: notify.urls\nafter = 30  # from {config}: notify.after\n"
+            f"rate_limit = 600  # from {config}: notify.rate_limit\ntimeout = 3  # from {config}: notify.timeout\n"
+            ) in printed.stdout
     status = run_cli("status", "--json", "--config", config, env=notify_env)
     assert_no_secrets(printed.stdout, printed.stderr, status.stdout, status.stderr, api_key="no-key")
     from_env = run_cli("config", "--print", "--config", config,

@@ -313,7 +313,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 def test_refresh_defaults(tmp_path: Path) -> None:
     loaded = load_text(tmp_path, "")
-    assert (loaded.scope, loaded.gate, loaded.server, loaded.verify, loaded.library_interval) == (
+    assert (loaded.refresh.scope, loaded.refresh.gate, loaded.jellyfin.server, loaded.jellyfin.verify, loaded.jellyfin.library_interval) == (
         "server", "all", "jellyfin", True, 600.0,
     )
 
@@ -323,7 +323,7 @@ def test_refresh_defaults(tmp_path: Path) -> None:
 )
 def test_valid_scope_and_gate(tmp_path: Path, scope: str, gate: str) -> None:
     loaded = load_text(tmp_path, f'[refresh]\nscope = "{scope}"\ngate = "{gate}"\n')
-    assert (loaded.scope, loaded.gate) == (scope.lower(), gate.lower())
+    assert (loaded.refresh.scope, loaded.refresh.gate) == (scope.lower(), gate.lower())
 
 
 @pytest.mark.parametrize(
@@ -362,10 +362,10 @@ def test_configuration_errors_name_the_key_and_the_fix(tmp_path: Path, text: str
 
 
 def test_server_emby_and_tls_options(tmp_path: Path) -> None:
-    assert load_text(tmp_path, '[jellyfin]\nserver = "Emby"').server == "emby"
-    assert load_text(tmp_path, "[jellyfin]\nverify = false").verify is False
-    assert load_text(tmp_path, '[jellyfin]\nca_bundle = "~/ca.pem"').verify == os.path.expanduser("~/ca.pem")
-    assert load_text(tmp_path, "[jellyfin]\nlibrary_interval = 1").library_interval == 1.0
+    assert load_text(tmp_path, '[jellyfin]\nserver = "Emby"').jellyfin.server == "emby"
+    assert load_text(tmp_path, "[jellyfin]\nverify = false").jellyfin.verify is False
+    assert load_text(tmp_path, '[jellyfin]\nca_bundle = "~/ca.pem"').jellyfin.verify == os.path.expanduser("~/ca.pem")
+    assert load_text(tmp_path, "[jellyfin]\nlibrary_interval = 1").jellyfin.library_interval == 1.0
 
 
 def test_password_file_is_read_and_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -376,8 +376,8 @@ def test_password_file_is_read_and_never_shown(tmp_path: Path, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="watcher.config"):
         loaded = load_text(tmp_path, f'[jellyfin]\nusername = "alice"\npassword_file = "{password}"\n')
 
-    assert loaded.username == "alice"
-    assert loaded.password is not None and loaded.password.reveal() == "correct horse"
+    assert loaded.jellyfin.username == "alice"
+    assert loaded.jellyfin.password is not None and loaded.jellyfin.password.reveal() == "correct horse"
     assert "correct horse" not in repr(loaded)
     assert caplog.records == []
 

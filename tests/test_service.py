@@ -754,7 +754,11 @@ def test_config_print_shows_effective_values_and_masks_the_key(tmp_path: Path) -
     printed = tomllib.loads(shown.stdout)
     assert printed["state_dir"] == str(tmp_path / "state")
     assert printed["log_level"] == "warning" and printed["log_format"] == "text" and printed["dry_run"] is False
-    assert printed["jellyfin"] == {"url": "http://jellyfin.example:8096", "api_key": "********", "timeout": 12}
+    # Every setting is shown, the defaults too (generated from the configuration's schema).
+    assert printed["jellyfin"] == {"url": "http://jellyfin.example:8096", "api_key": "********", "timeout": 12,
+                                   "server": "jellyfin", "verify": True, "library_interval": 600}
+    assert re.search(r"^timeout = 12  # from .*: jellyfin.timeout$", shown.stdout, re.MULTILINE), shown.stdout
+    assert printed["guard"] == {"enabled": True, "when": "always", "max_removals": 20, "max_share": 5, "timeout": 60}
     watch = printed["watch"]
     assert watch["quiet_period"] == 3  # the flag beats the file
     assert (watch["max_wait"], watch["settle"], watch["probe_timeout"], watch["ignore"]) == (90, 0, 5, ["*.bak"])
@@ -772,7 +776,8 @@ def test_config_print_masks_a_key_from_a_file_and_says_when_there_is_none(tmp_pa
     assert "# roots: every location of every Jellyfin library" in shown.stdout
 
     bare = run_cli("config", "--print", env=child_env(home=tmp_path / "home"), timeout=WAIT)
-    assert "api_key = # not set" in bare.stdout.splitlines()
+    assert "# api_key: not set" in bare.stdout.splitlines()
+    assert tomllib.loads(bare.stdout)["jellyfin"]["server"] == "jellyfin"  # still TOML
 
     required = run_cli("config", env=env, timeout=WAIT, secret=key)
     assert required.returncode == 2 and "--print" in required.stderr

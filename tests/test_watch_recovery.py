@@ -21,8 +21,8 @@ from queue import Empty, SimpleQueue
 import pytest
 from support import TmpfsMount, wait_until
 
-from watcher.verify import coverage
 from watcher.core.messages import EventsLost, FileEvent
+from watcher.verify import coverage
 from watcher.watch import RootWatcher
 
 WAIT = 15.0

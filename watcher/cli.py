@@ -28,7 +28,7 @@ from watcher.commands.notify import run as notify_test
 from watcher.commands.refresh import refresh
 from watcher.commands.run import run
 from watcher.commands.status import status
-from watcher.config import LOG_FORMATS, LOG_LEVELS, Config, default_config_file, load
+from watcher.config import Config, LogFormat, LogLevel, default_config_file, load
 from watcher.errors import ConfigError, JellyfinError
 from watcher.jellyfin import JellyfinClient
 
@@ -51,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--probe-timeout", type=str, metavar="SECONDS", help="a root that does not answer within this long is unresponsive (default 5)")
     common.add_argument("--state-dir", metavar="DIR", help="where state is kept (default: per-user state dir; /var/lib/jellyfin-watcher for root)")
     common.add_argument("--dry-run", action="store_true", default=None, help="never contact Jellyfin; log the refresh that would be sent")
-    common.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
-    common.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json, one object per line")
+    common.add_argument("--log-level", choices=[level.value for level in LogLevel], help="default info")
+    common.add_argument("--log-format", choices=[kind.value for kind in LogFormat], help="text (default) or json, one object per line")
 
     parser = _Parser(
         prog="jellyfin-watcher",

@@ -90,8 +90,8 @@ class Service:
         self._started = status_file.process_start_time()
         self._next_keepalive = float("inf")
         self.core: Core | None = None
-        self._notices = Notices(Policy(config.notify_after, config.notify_rate_limit), socket.gethostname())
-        self._sender = Sender(config.notify_urls, config.notify_timeout)
+        self._notices = Notices(Policy(config.notify.after, config.notify.rate_limit), socket.gethostname())
+        self._sender = Sender(config.notify.urls, config.notify.timeout)
 
     # --- control, safe from signal handlers and other threads ------------------------
 
@@ -181,11 +181,11 @@ class Service:
         """Hand the notices due now (:mod:`watcher.core.notices`) to the sender (which never
         blocks: a slow or failing service delays nothing here)."""
         config = core.config
-        if (config.notify_urls, config.notify_timeout) != (self._sender.urls, self._sender.timeout):
+        if (config.notify.urls, config.notify.timeout) != (self._sender.urls, self._sender.timeout):
             self._sender.stop()  # reloaded with other URLs
-            self._sender = Sender(config.notify_urls, config.notify_timeout)
+            self._sender = Sender(config.notify.urls, config.notify.timeout)
             self._sender.start()
-        self._notices.policy = Policy(config.notify_after, config.notify_rate_limit)
+        self._notices.policy = Policy(config.notify.after, config.notify.rate_limit)
         if self._sender.enabled:
             self._sender.send(self._notices.update(now, daemon_view(core, now)))
 

@@ -26,8 +26,8 @@ from watcher.presentation import check_line
 
 def _viewer(config: Config) -> JellyfinClient | None:
     """A client for Jellyfin's view of the roots, when a URL and a credential are configured."""
-    configured = config.url is not None and (config.api_key is not None or config.username is not None)
-    return client_for(config, "to list the roots") if configured and config.server_view and not config.dry_run else None
+    configured = config.jellyfin.url is not None and (config.jellyfin.api_key is not None or config.jellyfin.username is not None)
+    return client_for(config, "to list the roots") if configured and config.server_view.enabled and not config.dry_run else None
 
 
 def check(config: Config, predict_removals: bool = False, relearn: bool = False) -> int:
@@ -42,7 +42,7 @@ def check(config: Config, predict_removals: bool = False, relearn: bool = False)
     views: dict[str, list[Comparison]] = {}
     viewer = client if client is not None else _viewer(config)
     unviewed: JellyfinError | None = None
-    if viewer is not None and config.server_view:
+    if viewer is not None and config.server_view.enabled:
         try:
             for comparison in check_roots(viewer, config, results):
                 views.setdefault(comparison.target.root, []).append(comparison)
@@ -60,8 +60,8 @@ def check(config: Config, predict_removals: bool = False, relearn: bool = False)
         raise JellyfinError(f"Jellyfin's view of the roots not checked: {unviewed}")
     if predict_removals and client is not None:
         for library in client.libraries():
-            prediction = predict(client, library, lambda path: str(config.map_path(path)), config.guard_timeout)
-            count, share = config.limits_for(library.name)
+            prediction = predict(client, library, lambda path: str(config.map_path(path)), config.guard.timeout)
+            count, share = config.guard.limits_for(library.name)
             verdict = "refused" if prediction.refused(Limits(count, share)) else "ok"
             print(
                 f"library {library.name}: {prediction.items} items, "

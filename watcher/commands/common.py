@@ -30,20 +30,20 @@ EXIT_SERVER = 3
 def client_for(config: Config, needed_for: str) -> JellyfinClient:
     """A client for the configured server. Raises ConfigError when the URL or the key is
     missing, naming what it is ``needed_for``."""
-    if config.url is None:
+    if config.jellyfin.url is None:
         raise ConfigError(f"no Jellyfin URL, needed {needed_for}: give --url, set JELLYFIN_URL or jellyfin.url in the config")
     credentials: Secret | UserLogin
-    if config.api_key is not None:
-        credentials = config.api_key
-    elif config.username is not None and config.password is not None:
-        credentials = UserLogin(config.username, config.password, config.state_dir)
+    if config.jellyfin.api_key is not None:
+        credentials = config.jellyfin.api_key
+    elif config.jellyfin.username is not None and config.jellyfin.password is not None:
+        credentials = UserLogin(config.jellyfin.username, config.jellyfin.password, config.state_dir)
     else:
         raise ConfigError(
             f"no API key, needed {needed_for}: make one in Jellyfin's Dashboard → API Keys and give it "
             "through JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file (or set jellyfin.username "
             "and jellyfin.password_file)"
         )
-    return JellyfinClient(config.url, credentials, config.request_timeout, verify=config.verify, server=config.server)
+    return JellyfinClient(config.jellyfin.url, credentials, config.jellyfin.timeout, verify=config.jellyfin.verify, server=config.jellyfin.server)
 
 
 def roots_of(config: Config, client: JellyfinClient | None) -> tuple[Root, ...]:
@@ -60,7 +60,7 @@ def probe(config: Config, roots: Sequence[Root], saved: SavedState | None = None
     """Probe ``roots`` against the mount points learned while they were healthy; a root
     that is a file is a usage error (ConfigError)."""
     saved = StateStore(config.state_dir).load() if saved is None else saved
-    results = probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below(),
+    results = probe_roots(roots, saved.expected_mounts(), config.watch.probe_timeout, expected_below=saved.expected_below(),
                           expected_branches=saved.expected_branches())
     for health in results:
         if health.is_file:

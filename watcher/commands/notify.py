@@ -24,12 +24,12 @@ def run(config: Config) -> int:
 
     Raises ConfigError when no notification URL is configured.
     """
-    if not config.notify_urls:
+    if not config.notify.urls:
         raise ConfigError(
             "no notification URLs to test: set notify.urls or notify.urls_file in the configuration, "
             f"{NOTIFY_URLS_VARIABLE}, or the systemd credential {NOTIFY_CREDENTIAL_NAME}"
         )
-    outcomes = deliver(config.notify_urls, trial_notice(socket.gethostname()), config.notify_timeout)
+    outcomes = deliver(config.notify.urls, trial_notice(socket.gethostname()), config.notify.timeout)
     for outcome in outcomes:
         print(f"{outcome.label}: " + ("delivered" if outcome.failure is None else f"failed: {outcome.failure}"))
     return EXIT_OK if all(outcome.failure is None for outcome in outcomes) else EXIT_FAILED

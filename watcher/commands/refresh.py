@@ -57,7 +57,7 @@ def refresh(
     attempt = Attempt(started_at=clock())
     results = probe(config, roots)
     probed_at = attempt.started_at
-    scan_deadline = attempt.started_at + config.max_wait
+    scan_deadline = attempt.started_at + config.watch.max_wait
     backed_up: int | None = None
     for _ in range(MAX_STEPS):
         now = clock()
@@ -82,7 +82,7 @@ def refresh(
                 if not running:
                     attempt.scan_idle = True
                 elif clock() >= scan_deadline:
-                    say(f"refresh suppressed: a library scan was still running after {config.max_wait:g} s; not interrupting it")
+                    say(f"refresh suppressed: a library scan was still running after {config.watch.max_wait:g} s; not interrupting it")
                     return EXIT_UNHEALTHY
                 else:
                     sleep(min(steps.SCAN_RUNNING_RECHECK, max(0.0, scan_deadline - clock())))
@@ -132,7 +132,7 @@ def _views(results: Sequence[Health], now: float, config: Config) -> dict[str, R
 def _in_scope(results: Sequence[Health], ready: frozenset[str], config: Config) -> list[Health]:
     """The roots whose libraries a refresh of ``ready`` scans (every root, server-wide)."""
     libraries = {health.root.library_id for health in results if str(health.root.path) in ready}
-    if config.scope == "server" or None in libraries:
+    if config.refresh.scope == "server" or None in libraries:
         return list(results)
     return [health for health in results if health.root.library_id in libraries]
 
@@ -141,12 +141,12 @@ def _back_up(config: Config, client: JellyfinClient, removals: int, say: Callabl
     """A backup before a refresh that removes items; False when the refresh must not go."""
     why = f"before removing {removals} item{'s' if removals != 1 else ''}" if removals else "before a confirmed clean-up"
     try:
-        archive = create_backup(client, config.backup_contents, config.backup_timeout, config.server)
+        archive = create_backup(client, config.backup.contents, config.backup.timeout, config.jellyfin.server)
     except BackupUnavailable as error:
         say(f"no backup {why}: {error}; the loss guard alone applies")
         return True
     except JellyfinError as error:
-        if config.backup_hold_on_failure:
+        if config.backup.hold_on_failure:
             say(f"refresh held: the backup {why} failed: {error} (backup.hold_on_failure = false refreshes without one)")
             return False
         say(f"backup {why} failed: {error}; refreshing without one (backup.hold_on_failure = false)")
@@ -160,14 +160,14 @@ def _predict(config: Config, client: JellyfinClient, library_ids: frozenset[str]
     if library_ids is not None:
         libraries = [library for library in libraries if library.item_id in library_ids]
     local = config.map_path
-    return tuple(predict(client, library, lambda path: str(local(path)), config.guard_timeout) for library in libraries)
+    return tuple(predict(client, library, lambda path: str(local(path)), config.guard.timeout) for library in libraries)
 
 
 def _report(config: Config, predictions: Sequence[Prediction], allowed: int, say: Callable[[str], None]) -> None:
     """One line per library the guard refuses (with the command that confirms a deliberate
     clean-up), or whose removals ``--allow-removals`` lets through."""
     for prediction in predictions:
-        count, share = config.limits_for(prediction.library.name)
+        count, share = config.guard.limits_for(prediction.library.name)
         if prediction.refused(Limits(count, share), allowed=allowed):
             say(f"refresh refused: {prediction.describe()}")
             if prediction.hint:
@@ -186,7 +186,7 @@ def _send(
     say: Callable[[str], None],
 ) -> int:
     by_key = {str(root.path): root for root in roots}
-    for request in plan(part(batch, ready), by_key, config.scope, config.jellyfin_path):
+    for request in plan(part(batch, ready), by_key, config.refresh.scope, config.jellyfin_path):
         if client is None:
             say(f"dry run: would send {request.describe()}")
             continue
@@ -196,7 +196,7 @@ def _send(
     if not held:
         return EXIT_OK
     blocked = [health for health in results if not health.healthy and health.root.health_gate]
-    for request in plan(part(batch, held), by_key, config.scope, config.jellyfin_path):
+    for request in plan(part(batch, held), by_key, config.refresh.scope, config.jellyfin_path):
         reasons = "; ".join(health.describe() for health in blocked if health.root.library_id == request.library_id)
         say(f"refresh suppressed: {request.describe()}: {reasons}")
     return EXIT_UNHEALTHY

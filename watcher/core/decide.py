@@ -210,18 +210,18 @@ def decide(now: float, situation: Situation, config: Config) -> Decision:
         return Decision(CheckOpenFiles())
     if situation.probed_at is None or situation.probed_at < attempt.started_at:
         return Decision(ProbeRoots())
-    verdict = gate(batch.roots, situation.roots, config.gate, config.scope)
+    verdict = gate(batch.roots, situation.roots, config.refresh.gate, config.refresh.scope)
     if not verdict.ready:
         return Decision(HoldBack(now + SUPPRESSED_RECHECK), verdict)
     if situation.dry_run:
         return Decision(SendRefresh(verdict.ready), verdict)
-    if config.server_view:
+    if config.server_view.enabled:
         if attempt.views is None:
             return Decision(CompareViews(verdict.ready), verdict)
         if attempt.views:
             return Decision(HoldForViews(attempt.views, now + SUPPRESSED_RECHECK), verdict)
     if guard_applies(batch, situation.roots, config):
-        wanted = libraries_in_scope(verdict.ready, situation.roots, config.scope)
+        wanted = libraries_in_scope(verdict.ready, situation.roots, config.refresh.scope)
         if (
             attempt.predictions is None
             or situation.removals > attempt.predicted_removals
@@ -232,11 +232,11 @@ def decide(now: float, situation: Situation, config: Config) -> Decision:
         if refusal:
             return Decision(Refuse(refusal, now + GUARD_RECHECK), verdict)
         removals = sum(prediction.missing for prediction in attempt.predictions)
-        if config.backup and backup_due(removals, situation.allowed, config.backup_min_removals) and (
+        if config.backup.enabled and backup_due(removals, situation.allowed, config.backup.min_removals) and (
             situation.backed_up is None or removals > situation.backed_up
         ):
             return Decision(BackUpFirst(removals), verdict)
-    if config.scope == "server" and not attempt.scan_idle:
+    if config.refresh.scope == "server" and not attempt.scan_idle:
         return Decision(AskScanRunning(), verdict)
     if attempt.asked_at is not None and situation.probed_at < attempt.asked_at:
         return Decision(ProbeRoots(), verdict)
@@ -252,9 +252,9 @@ def guard_applies(batch: Batch, roots: Mapping[str, RootView], config: Config) -
     unmounted something, or a root whose health gate is off is unhealthy (a scan could then
     remove items whatever the batch holds).
     """
-    if not config.guard:
+    if not config.guard.enabled:
         return False
-    if config.guard_when == "always" or batch.removals:
+    if config.guard.when == "always" or batch.removals:
         return True
     return any(view.unhealthy_ungated for view in roots.values())
 
@@ -282,7 +282,7 @@ def refusals(predictions: Sequence[Prediction], config: Config, allowed: int = 0
 
     refused = []
     for prediction in predictions:
-        count, share = config.limits_for(prediction.library.name)
+        count, share = config.guard.limits_for(prediction.library.name)
         if not prediction.refused(Limits(count, share), allowed=allowed):
             continue
         refused.append(prediction.describe() + (f" ({prediction.hint})" if prediction.hint else ""))

@@ -23,7 +23,7 @@ def needs_libraries(config: Config, dry_run: bool) -> bool:
     """Whether the roots depend on Jellyfin's library list."""
     if dry_run:
         return False
-    return not config.roots or config.scope != "server"
+    return not config.roots or config.refresh.scope != "server"
 
 
 def resolve_roots(config: Config, libraries: Sequence[Library] | None) -> tuple[tuple[Root, ...], list[str]]:
@@ -33,7 +33,7 @@ def resolve_roots(config: Config, libraries: Sequence[Library] | None) -> tuple[
     server-wide). Raises ConfigError when there is nothing to watch.
     """
     if config.roots:
-        if libraries is None or config.scope == "server":
+        if libraries is None or config.refresh.scope == "server":
             return config.roots, []
         return tag_roots(config, config.roots, libraries)
     if libraries is None:

@@ -141,16 +141,16 @@ class Core:
         self.saved = saved
         self.dry_run = dry_run
         self.roots: dict[str, RootTracker] = {}
-        self.debouncer = Debouncer(config.quiet_period, config.max_wait)
+        self.debouncer = Debouncer(config.watch.quiet_period, config.watch.max_wait)
         self.writes = WriteTracker()
-        self.ignore = IgnoreFilter(config.ignore)
+        self.ignore = IgnoreFilter(config.watch.ignore)
         self.removals = 0
         """Removal events counted since start (a prediction older than the last is stale)."""
         self.attempt: Attempt | None = None
         self.retry_at = 0.0
         """No attempt before this clock reading (backoff, a refusal, a running scan)."""
         self.writes_recheck_at = 0.0
-        self.backoff = Backoff(config.backoff_max)
+        self.backoff = Backoff(config.watch.backoff_max)
         self.held = ""
         """The gate's reasons last logged (logged again only when they change)."""
         self.held_since: float | None = None
@@ -187,7 +187,7 @@ class Core:
         self.first_watches: set[str] = set()
         self.read_roots_at: float | None = None
         """When start-up retries reading the roots (after a failure)."""
-        self.read_backoff = Backoff(config.backoff_max)
+        self.read_backoff = Backoff(config.watch.backoff_max)
         self.libraries_at = float("inf")
         self.verifications_waiting: list[tuple[float, Verified]] = []
         """Verification shortfalls that wait for a probe begun after them."""
@@ -305,8 +305,8 @@ class Core:
             return None
         due = max(deadline, self.retry_at, self.writes_recheck_at)
         busy = [self.roots[key] for key in batch.roots if key in self.roots and self.roots[key].poll_busy]
-        if busy and now - batch.first_change < self.config.max_wait:
-            due = max(due, batch.first_change + self.config.max_wait)
+        if busy and now - batch.first_change < self.config.watch.max_wait:
+            due = max(due, batch.first_change + self.config.watch.max_wait)
         return due
 
     def held_reason(self) -> str:
@@ -413,7 +413,7 @@ class Core:
         if first:
             self.ready_at = now + READY_DEADLINE
         settling = [at for tracker in self.roots.values() if (at := tracker.settles_at(self.config)) is not None]
-        self.probing.due_at = min([now + self.config.health_interval, *settling])
+        self.probing.due_at = min([now + self.config.watch.health_interval, *settling])
         waiting, self.polls_waiting = self.polls_waiting, []
         for seen_at, result in waiting:
             if probed.started_at >= seen_at:
@@ -479,7 +479,7 @@ class Core:
             self._restore_pending(now, actions)
             self._want_probe(now)
             if not self.config.roots and not self.dry_run:
-                self.libraries_at = now + self.config.library_interval
+                self.libraries_at = now + self.config.jellyfin.library_interval
             return
         if read.purpose == "reload" and read.config is not None:
             self._apply_config(read.config)
@@ -493,10 +493,10 @@ class Core:
 
     def _apply_config(self, config: Config) -> None:
         self.config = config
-        self.debouncer.quiet_period = config.quiet_period
-        self.debouncer.max_wait = config.max_wait
-        self.ignore = IgnoreFilter(config.ignore)
-        self.backoff.maximum = config.backoff_max
+        self.debouncer.quiet_period = config.watch.quiet_period
+        self.debouncer.max_wait = config.watch.max_wait
+        self.ignore = IgnoreFilter(config.watch.ignore)
+        self.backoff.maximum = config.watch.backoff_max
 
     def _set_roots(self, roots: Sequence[Root], source: str, actions: list[Action]) -> bool:
         """Watch the new roots and drop the removed ones, one log line each. True if the set
@@ -526,7 +526,7 @@ class Core:
         if pending is None:
             return
         roots = [root for root in pending.roots if root in self.roots] or sorted(self.roots)
-        past = now - max(self.config.quiet_period, self.config.max_wait)
+        past = now - max(self.config.watch.quiet_period, self.config.watch.max_wait)
         # The state file keeps roots and a count, not the folders that changed: each root
         # counts as changed as a whole, or a path-scoped refresh would cover only the
         # folders of changes made after the restart.
@@ -574,7 +574,7 @@ class Core:
                 actions.append(ReadRoots("start"))
             self.wake_at = self.read_roots_at if self.read_roots_at is not None else float("inf")
             return
-        for path, age in self.writes.expired(now, self.config.max_write_wait):
+        for path, age in self.writes.expired(now, self.config.watch.max_write_wait):
             actions.append(
                 warning(
                     f"{path} has been open for writing for {age:.0f} s (watch.max_write_wait): "
@@ -584,7 +584,7 @@ class Core:
         if not self.ready and (not self.first_watches and self.ready_at < float("inf") or now >= self.ready_at):
             self._become_ready(actions)
         if now >= self.libraries_at and "ReadRoots" not in self.jobs.running:
-            self.libraries_at = now + self.config.library_interval
+            self.libraries_at = now + self.config.jellyfin.library_interval
             self.jobs.running.add("ReadRoots")
             actions.append(ReadRoots("reread"))
         if self.debouncer.pending is not None and self.saved.pending is None:
@@ -600,7 +600,7 @@ class Core:
         elif now >= self.probing.due_at:
             self.probing.again = True
             self.probing.due_at = float("inf")
-        deadline = self.writes.deadline(self.config.max_write_wait)
+        deadline = self.writes.deadline(self.config.watch.max_write_wait)
         if deadline is not None:
             wake.append(deadline)
         self.wake_at = min([*wake, self.probing.due_at])
@@ -734,7 +734,7 @@ class Core:
         self.jobs.description = describe(taken) if whole is None or taken.roots == whole.roots else (
             f"the changes under {listed(taken.roots)}"
         )
-        requests = tuple(plan(taken, {key: t.root for key, t in self.roots.items()}, self.config.scope, self.config.jellyfin_path))
+        requests = tuple(plan(taken, {key: t.root for key, t in self.roots.items()}, self.config.refresh.scope, self.config.jellyfin_path))
         if self.dry_run:
             for request in requests:
                 actions.append(info(f"dry run: would send {request.describe()} for {self.jobs.description}"))
@@ -788,7 +788,7 @@ class Core:
         """Jellyfin's view of the roots a refresh of ``ready`` scans: its libraries' roots (every
         root for a server-wide refresh or a root of unknown library)."""
         trackers = list(self.roots.values())
-        if self.config.scope != "server":
+        if self.config.refresh.scope != "server":
             libraries = {self.roots[key].root.library_id for key in ready if key in self.roots}
             if None not in libraries:
                 trackers = [tracker for tracker in trackers if tracker.root.library_id in libraries]
@@ -824,7 +824,7 @@ class Core:
                                 "the loss guard alone applies"))
         else:
             message = f"the backup before removing {done.removals} items failed: {done.failure}"
-            if not self.config.backup_hold_on_failure:
+            if not self.config.backup.hold_on_failure:
                 self.backed_up = done.removals
                 actions.append(warning(f"{message}; refreshing without one (backup.hold_on_failure = false)"))
                 return
@@ -841,13 +841,13 @@ class Core:
         if not checked.complete:
             # The open files could not be checked in time (a hung mount): the health
             # check will tell; until then they hold the batch like files being written.
-            self.writes_recheck_at = now + max(self.config.quiet_period, 1.0)
+            self.writes_recheck_at = now + max(self.config.watch.quiet_period, 1.0)
             self.attempt = None
             return
-        writing = self.writes.settle(checked.checks, self.config.quiet_period)
+        writing = self.writes.settle(checked.checks, self.config.watch.quiet_period)
         if writing:
             actions.append(debug(f"waiting for {len(writing)} files still being written, e.g. {writing[0]}"))
-            self.writes_recheck_at = now + max(self.config.quiet_period, 1.0)
+            self.writes_recheck_at = now + max(self.config.watch.quiet_period, 1.0)
             self.attempt = None
             return
         if attempt is not None:
@@ -860,7 +860,7 @@ class Core:
             self._roots_not_read(now, failed, actions)
             return
         if job == "CheckWrites":
-            self.writes_recheck_at = now + max(self.config.quiet_period, 1.0)
+            self.writes_recheck_at = now + max(self.config.watch.quiet_period, 1.0)
             self.attempt = None
         if isinstance(failed, JobFailed):
             self._failed(now, failed.error, actions)
@@ -1071,7 +1071,7 @@ def daemon_view(core: Core, now: float) -> DaemonView:
             NoticeRoot(
                 path=key,
                 state="settling" if settling else health.state.value if health else "unknown",
-                reason=(f"watched again once it has stayed healthy for {core.config.settle:g} s" if settling
+                reason=(f"watched again once it has stayed healthy for {core.config.watch.settle:g} s" if settling
                         else health.reason if health else ""),
                 since=tracker.back_since if tracker.back_since is not None else tracker.since if health else now,
                 gated=tracker.root.health_gate,

@@ -52,7 +52,7 @@ def mode_for(root: Root, health: Health | None, config: Config) -> str:
     if root.mode != "auto":
         return root.mode
     fstype = health.fstype if health is not None else None
-    return "poll" if fstype in config.network_fstypes else "events"
+    return "poll" if fstype in config.watch.network_fstypes else "events"
 
 
 @dataclass(slots=True)
@@ -110,7 +110,7 @@ class RootTracker:
 
         Logs the state changes; drops the watch of a root that went away; watches a root
         seen for the first time (or empty: its first files must be seen); watches a root
-        that came back once it has stayed healthy for ``config.settle`` seconds.
+        that came back once it has stayed healthy for ``config.watch.settle`` seconds.
         """
         previous = self.health
         self.health = health
@@ -142,11 +142,11 @@ class RootTracker:
             return False  # a watch under way will be compared when it is done
         if self.back_since is None:
             self.back_since = now
-            if config.settle > 0:
+            if config.watch.settle > 0:
                 self.actions.append(
-                    info(f"{self.key} is back: watching it again once it has stayed healthy for {config.settle:g} s")
+                    info(f"{self.key} is back: watching it again once it has stayed healthy for {config.watch.settle:g} s")
                 )
-        if now - self.back_since >= config.settle:
+        if now - self.back_since >= config.watch.settle:
             self.back_since = None
             self.start_watch(health, config, next_ticket, count=True)
             return True
@@ -154,7 +154,7 @@ class RootTracker:
 
     def settles_at(self, config: Config) -> float | None:
         """Clock reading at which a returning root has settled (a probe is due then)."""
-        return None if self.back_since is None else self.back_since + config.settle
+        return None if self.back_since is None else self.back_since + config.watch.settle
 
     def blocking_reason(self, now: float, config: Config) -> str:
         """Why this root holds a refresh back ("" when it is ready, or its gate is off)."""
@@ -163,7 +163,7 @@ class RootTracker:
         if self.health is not None and not self.health.healthy:
             return self.health.describe()
         if self.back_since is not None:
-            return f"{self.key} is back but settling ({now - self.back_since:.0f} s of {config.settle:g} s)"
+            return f"{self.key} is back but settling ({now - self.back_since:.0f} s of {config.watch.settle:g} s)"
         return ""
 
     # --- watching ------------------------------------------------------------------------
@@ -194,7 +194,7 @@ class RootTracker:
                                       automounts=health.automounts))
 
     def poll_interval(self, config: Config) -> float:
-        return self.root.poll_interval or config.poll_interval
+        return self.root.poll_interval or config.watch.poll_interval
 
     def unwatch(self) -> None:
         self.watch = ""

@@ -169,9 +169,9 @@ def check_roots(
         for health in healths
         if health.healthy
     ]
-    ignore = IgnoreFilter(config.ignore)
-    return compare_views(client, targets(views, config.jellyfin_path), config.server_view_timeout,
-                         config.server_view_in_flight, changed_folders, lambda name: ignore("", name), stop)
+    ignore = IgnoreFilter(config.watch.ignore)
+    return compare_views(client, targets(views, config.jellyfin_path), config.server_view.timeout,
+                         config.server_view.in_flight, changed_folders, lambda name: ignore("", name), stop)
 
 
 def _names(value: object) -> frozenset[str]:

@@ -221,7 +221,7 @@ class Executor:
         results = probe_roots(
             probe.roots,
             learned.expected_mounts(),
-            self.config.probe_timeout,
+            self.config.watch.probe_timeout,
             self._stop,
             learned.expected_below(),
             learned.expected_branches(),
@@ -237,8 +237,8 @@ class Executor:
                 old.stop()
             if not watch.keep_events:
                 self.watcher.unwatch(watch.root.path)
-            timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
-            poller = RootPoller(watch.root.path, watch.poll_interval, timeout, IgnoreFilter(self.config.ignore).regex,
+            timeout = max(self.config.watch.probe_timeout, VERIFY_TIMEOUT)
+            poller = RootPoller(watch.root.path, watch.poll_interval, timeout, IgnoreFilter(self.config.watch.ignore).regex,
                                 self._put)
             self._pollers[key] = poller
             poller.start()
@@ -270,8 +270,8 @@ class Executor:
                 logger.warning("cannot watch %s of %s's pool: files written there directly are missed", line, root.path)
 
     def _verify(self, root: Root, ticket: int) -> Verified:
-        [result] = coverage([root.path], max(self.config.probe_timeout, VERIFY_TIMEOUT), self._stop,
-                            IgnoreFilter(self.config.ignore).regex)
+        [result] = coverage([root.path], max(self.config.watch.probe_timeout, VERIFY_TIMEOUT), self._stop,
+                            IgnoreFilter(self.config.watch.ignore).regex)
         return Verified(str(root.path), ticket, result)
 
     def _check_writes(self, paths: tuple[str, ...]) -> WritesChecked:
@@ -316,7 +316,7 @@ class Executor:
                 libraries = [library for library in libraries if library.item_id in library_ids]
             return Predicted(
                 tuple(
-                    predict(client, library, lambda path: str(config.map_path(path)), config.guard_timeout, self._stop)
+                    predict(client, library, lambda path: str(config.map_path(path)), config.guard.timeout, self._stop)
                     for library in libraries
                 )
             )
@@ -334,7 +334,7 @@ class Executor:
         client = self._need_client()
         config = self.config
         try:
-            archive = create_backup(client, config.backup_contents, config.backup_timeout, config.server)
+            archive = create_backup(client, config.backup.contents, config.backup.timeout, config.jellyfin.server)
         except BackupUnavailable as error:
             return BackedUp(removals, unavailable=str(error))
         except JellyfinError as error:

@@ -526,8 +526,8 @@ class Config:
     notify: NotifySettings = field(default_factory=NotifySettings)
     roots: tuple[Root, ...] = ()
     path_map: tuple[PathMapping, ...] = ()
-    state_dir: Path = setting(None, path, "pending batch, learned mount points, status", flag="state_dir",
-                              factory=lambda: default_state_dir({}))
+    state_dir: Path = setting(SYSTEM_STATE_DIR, path, "pending batch, learned mount points, status", flag="state_dir")
+    """Loading puts :func:`default_state_dir` here when none is configured."""
     dry_run: bool = setting(False, boolean, "never contact Jellyfin; log the refresh that would be sent", flag="dry_run")
     log_level: LogLevel = setting(LogLevel.INFO, choice(LogLevel), "debug, info, warning or error", flag="log_level")
     log_format: LogFormat = setting(LogFormat.TEXT, choice(LogFormat), "text, or json: one object per line",

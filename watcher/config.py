@@ -64,7 +64,23 @@ DEFAULT_NETWORK_FSTYPES: tuple[str, ...] = (
     "fuse.smbnetfs",
 )
 """Filesystem types (mount table) whose remote changes inotify cannot see: polled in mode auto."""
+DEFAULT_LIST_FSTYPES: tuple[str, ...] = (
+    "fuse.rclone",
+    "fuse.s3fs",
+    "fuse.goofys",
+    "fuse.gcsfuse",
+)
+"""Filesystem types whose folder modification time does not follow the folder's contents
+when they change on the server: a polling cycle lists every folder (``poll = "list"``) and
+mode auto polls them. Sources: rclone mount (measured with ``rclone serve webdav``: a
+folder's mtime never changes through the mount when files are added on the server); s3fs
+(s3fs-fuse issue #2048: folder mtimes are fixed); goofys (kahing/goofys issue #219: the
+parent's mtime is not updated); gcsfuse (docs/semantics.md: folders are object-name
+prefixes, so adding an object changes no folder object)."""
 MODES = ("auto", "events", "poll")
+POLL_METHODS = ("mtime", "list")
+"""``mtime``: each polling cycle stats the known folders and lists those whose mtime
+changed; ``list``: each cycle lists every folder."""
 FALLBACKS = ("poll", "none")
 DEFAULT_LIBRARY_INTERVAL = 600.0
 """Seconds between re-reads of Jellyfin's library list (new libraries watched, removed ones dropped)."""
@@ -169,6 +185,9 @@ class Root:
     """Seconds between polling cycles; None: ``watch.poll_interval``."""
     fallback: str = "poll"
     """What to do when inotify cannot watch every folder: ``poll`` the root, or ``none``."""
+    poll: str | None = None
+    """How a polling cycle finds changes: ``mtime`` or ``list`` (:data:`POLL_METHODS`);
+    None: ``list`` on the filesystem types of ``watch.list_fstypes``, else ``mtime``."""
     health_gate: bool = True
     """False: this root's health is reported but never holds a refresh back (the loss
     guard still applies)."""
@@ -219,6 +238,8 @@ class Config:
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     poll_interval: float = DEFAULT_POLL_INTERVAL
     network_fstypes: tuple[str, ...] = DEFAULT_NETWORK_FSTYPES
+    list_fstypes: tuple[str, ...] = DEFAULT_LIST_FSTYPES
+    """Filesystem types whose polling cycle lists every folder (their folder mtimes lie)."""
     state_dir: Path = field(default_factory=lambda: default_state_dir({}))
     dry_run: bool = False
     log_level: str = DEFAULT_LOG_LEVEL
@@ -294,10 +315,11 @@ _WATCH_KEYS = {
     "health_interval",
     "poll_interval",
     "network_fstypes",
+    "list_fstypes",
     "ignore",
     "default_ignore",
 }
-_ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback", "health_gate"}
+_ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback", "health_gate", "poll"}
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -394,6 +416,9 @@ def load(
     network_fstypes = DEFAULT_NETWORK_FSTYPES
     if "network_fstypes" in watch:
         network_fstypes = _string_list(watch["network_fstypes"], f"{where}: watch.network_fstypes")
+    list_fstypes = DEFAULT_LIST_FSTYPES
+    if "list_fstypes" in watch:
+        list_fstypes = _string_list(watch["list_fstypes"], f"{where}: watch.list_fstypes")
     request_timeout = DEFAULT_REQUEST_TIMEOUT
     if "timeout" in jellyfin:
         request_timeout = _seconds(jellyfin["timeout"], f"{where}: jellyfin.timeout", 1.0)
@@ -493,6 +518,7 @@ def load(
         ignore=ignore,
         poll_interval=poll_interval,
         network_fstypes=network_fstypes,
+        list_fstypes=list_fstypes,
         state_dir=state_dir,
         dry_run=dry_run,
         log_level=log_level,
@@ -637,7 +663,15 @@ def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root,
         if "poll_interval" in entry:
             interval = _seconds(entry["poll_interval"], f"{source}.poll_interval", 0.1)
         health_gate = _bool(entry.get("health_gate", True), f"{source}.health_gate")
-        roots.append(Root(path, mount, mode=mode, poll_interval=interval, fallback=fallback, health_gate=health_gate))
+        poll = entry.get("poll")
+        if poll is not None and poll not in POLL_METHODS:
+            raise ConfigError(
+                f"{source}.poll: expected one of {', '.join(POLL_METHODS)} (\"list\" where folder times do not follow "
+                f"their contents, e.g. rclone), got {poll!r}"
+            )
+        roots.append(
+            Root(path, mount, mode=mode, poll_interval=interval, fallback=fallback, health_gate=health_gate, poll=poll)
+        )
     return tuple(roots)
 
 

@@ -23,6 +23,7 @@ Facts this module depends on (FACTS.md, "watchdog 7.1"):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -106,6 +107,13 @@ class _OverflowHandler(logging.Handler):
             self._put(EventsLost())
 
 
+_limit_failures: dict[bytes, int] = {}
+"""Per recursive watch (its root, as bytes): how many of its folders inotify refused a
+watch with ENOSPC (``fs.inotify.max_user_watches`` reached) since it was set up. watchdog
+skips such folders without a word; this is the evidence watch verification needs before it
+blames the watch limit. Written on watchdog's threads, read on the loop's (one dict
+operation each, atomic in CPython)."""
+
 _observer_class: Callable[[], BaseObserver] = Observer
 """watchdog's native observer; on Linux one that recovers from a kernel queue overflow
 without overflowing it again (:class:`_ReconcilingWatchGroup`)."""
@@ -167,11 +175,13 @@ else:
                 with inotify._lock:
                     watch = inotify._get_or_create_watch(path, self.event_mask)
                     watch.callbacks[self._id] = self._callback
-            except OSError:
+            except OSError as error:
                 # Folders may vanish or turn unreadable while the tree is walked; the root
                 # itself must be watched or the caller told.
                 if path == self.path:
                     raise
+                if error.errno == errno.ENOSPC:
+                    _limit_failures[self.path] = _limit_failures.get(self.path, 0) + 1
                 return
             old = self._active_callbacks_by_watch.get(watch.wd)
             if old is not None and old != path and self._active_callbacks_by_path.get(old) == watch.wd:
@@ -275,6 +285,7 @@ class RootWatcher:
         ``"inotify watch limit reached"``)."""
         key = str(root)
         self.unwatch(root)
+        _limit_failures.pop(os.fsencode(key), None)
         try:
             watch = self._observer.schedule(
                 _Handler(key, self._queue), key, recursive=True, event_filter=EVENT_FILTER
@@ -284,11 +295,18 @@ class RootWatcher:
         except PermissionError:
             return "permission denied"
         except OSError as error:
-            if error.errno == 28:  # ENOSPC from inotify_add_watch
+            if error.errno == errno.ENOSPC:  # from inotify_add_watch
                 return "inotify watch limit reached: raise it with sysctl fs.inotify.max_user_watches=524288"
             return error.strerror or str(error)
         self._watches[key] = watch
         return None
+
+    @staticmethod
+    def limit_failures(root: Path) -> int:
+        """How many folders under ``root`` inotify refused a watch with ENOSPC (the watch
+        limit) since ``root`` was last watched. Counted with the observer this module uses
+        on Linux; 0 with watchdog's own observer, which keeps no such count."""
+        return _limit_failures.get(os.fsencode(str(root)), 0)
 
     def unwatch(self, root: Path) -> None:
         """Stop watching ``root``, if it is watched."""

@@ -41,7 +41,7 @@ from watcher.notify import Notifier
 from watcher.poll import PollResult, RootPoller
 from watcher.scope import RefreshRequest, plan
 from watcher.state import PendingChanges, SavedState, StateStore
-from watcher.verify import Coverage, coverage
+from watcher.verify import UNREPORTED, Coverage, coverage
 from watcher.watch import Change, EventsLost, MountMonitor, MountsChanged, RootWatcher
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ BACKOFF_START = 1.0
 """Seconds before the first retry of a failed refresh; doubles up to ``backoff_max``."""
 VERIFY_TIMEOUT = 60.0
 """Seconds the listing of a root's folders (watch verification) may take."""
+POLL_TIMEOUT_INTERVALS = 10
+"""A polling cycle may take this many poll intervals (at least ``VERIFY_TIMEOUT``)."""
 STATUS_COUNT_INTERVAL = 5.0
 """Seconds between status-file updates that only change the pending change count."""
 GUARD_RECHECK = 60.0
@@ -104,6 +106,13 @@ class _RootRecord:
     holding this root waits for a cycle that finds nothing new (or ``max_wait``)."""
     problem: str = ""
     """The last watch ERROR logged for this root (logged again only when it changes)."""
+    verification: str | None = None
+    """Watch verification of the inotify watch: ``running``, ``complete`` (every folder
+    watched), ``shortfall`` (some not: see the log), ``incomplete`` (the listing ran out
+    of time), or None (not watched by inotify)."""
+    switched: bool = False
+    """Verification switched this root to polling: once polling has its baseline, the root
+    counts as changed (what inotify missed before the switch is refreshed)."""
 
     @property
     def key(self) -> str:
@@ -174,6 +183,7 @@ class Service:
         self._published = _Published()
         self._started = status_file.process_start_time()
         self._watcher = RootWatcher(self._queue)
+        self._ready_sent = False
         self.refreshes = 0
 
     # --- control, safe from signal handlers and other threads ------------------------
@@ -222,7 +232,7 @@ class Service:
             if not self.config.roots and self._client is not None:
                 self._next_libraries = self._clock() + self.config.library_interval
             self._publish(self._clock(), force=True)
-            self._notifier.notify(READY="1", STATUS=self._published.status_line)
+            self._ready_if_verified()
             self._loop()
         finally:
             self._notifier.notify(STOPPING="1")
@@ -303,6 +313,15 @@ class Service:
                 except Interrupted:
                     return
             self._publish(self._clock())
+            self._ready_if_verified()
+
+    def _ready_if_verified(self) -> None:
+        """``READY=1`` once the first watch verification of every watched root has ended:
+        from then on every folder that can be watched is (or its root is polled)."""
+        if self._ready_sent or any(record.verification == "running" for record in self._records.values()):
+            return
+        self._ready_sent = True
+        self._notifier.notify(READY="1", STATUS=self._published.status_line)
 
     def _next_attempt(self) -> float | None:
         deadline = self._debouncer.deadline()
@@ -339,6 +358,14 @@ class Service:
             return
         if result.first:
             self._watcher.unwatch(record.root.path)  # the baseline is taken: polling alone from now on
+            if record.switched:
+                # Whatever inotify could not see before polling took over (in the folders it
+                # did not watch) is in no batch: the root counts as changed, saved at once so
+                # that a restart refreshes it too.
+                record.switched = False
+                logger.info("polling has taken over %s: counting it as changed, inotify missed part of it", record.key)
+                self._debouncer.add(now, record.key)
+                self._save()
         if result.failed:
             logger.debug("polling %s: %s", result.root, result.failed)
             return
@@ -423,7 +450,16 @@ class Service:
         network filesystems (inotify does not see changes made on the server)."""
         if record.root.mode != "auto":
             return record.root.mode
-        return "poll" if health.fstype in self.config.network_fstypes else "events"
+        polled = (*self.config.network_fstypes, *self.config.list_fstypes)
+        return "poll" if health.fstype in polled else "events"
+
+    def _poll_method(self, record: _RootRecord) -> str:
+        """``list`` or ``mtime``: the root's ``poll``, else ``list`` on the filesystem types
+        whose folder times do not follow their contents (``watch.list_fstypes``)."""
+        if record.root.poll is not None:
+            return record.root.poll
+        fstype = record.health.fstype if record.health is not None else None
+        return "list" if fstype in self.config.list_fstypes else "mtime"
 
     def _unwatch(self, record: _RootRecord) -> None:
         if record.poller is not None:
@@ -431,6 +467,8 @@ class Service:
             record.poller = None
         self._watcher.unwatch(record.root.path)
         record.watched = False
+        record.verification = None
+        record.switched = False
 
     def _poll(self, record: _RootRecord, why: str, events_meanwhile: bool = False) -> None:
         """Watch ``record`` by polling from now on. ``events_meanwhile``: keep its inotify
@@ -443,11 +481,18 @@ class Service:
         else:
             self._unwatch(record)
         interval = record.root.poll_interval or self.config.poll_interval
-        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
-        record.poller = RootPoller(record.root.path, interval, timeout, self._ignore.regex, self._queue.put)
+        # A cycle lists a share folder by folder (on rclone with its cache expired, one request
+        # to the server each): it may take minutes on a large library. A hung share is the
+        # health probe's to report; the cycle's deadline only ends a child that is stuck.
+        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT, POLL_TIMEOUT_INTERVALS * interval)
+        method = self._poll_method(record)
+        record.poller = RootPoller(record.root.path, interval, timeout, self._ignore.regex, self._queue.put, method)
         record.poller.start()
         record.watched = True
-        logger.info("polling %s every %g s: %s", record.key, interval, why)
+        record.verification = None
+        record.switched = events_meanwhile
+        listing = " (listing every folder: folder times do not follow their contents here)" if method == "list" else ""
+        logger.info("polling %s every %g s%s: %s", record.key, interval, listing, why)
 
     def _watch(self, record: _RootRecord, health: Health) -> bool:
         if self._mode(record, health) == "poll":
@@ -477,15 +522,25 @@ class Service:
         the listing walks every tree (seconds on a large share; up to ``VERIFY_TIMEOUT`` on
         a hung one) and the loop must not wait for it. The result comes back as a
         :class:`_Verified` queue item."""
-        records = [record for record in records if record.poller is None]
+        records = [record for record in records if record.poller is None and record.watched]
         if not records:
             return
         timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
         identities = [(record.key, record.watched_as) for record in records]
         paths = [record.root.path for record in records]
+        fuse = [bool(record.health and record.health.fstype and record.health.fstype.split(".")[0] in ("fuse", "fuseblk"))
+                for record in records]
+        refused = [self._watcher.limit_failures(record.root.path) for record in records]
+        for record in records:
+            record.verification = "running"
 
         def run() -> None:
-            self._queue.put(_Verified(tuple(identities), tuple(coverage(paths, timeout, self._stop))))
+            try:
+                results = tuple(coverage(paths, timeout, self._stop, fuse, refused))
+            except Exception:  # a bug must not leave the verification running forever (READY waits for it)
+                logger.exception("watch verification failed")
+                results = tuple(Coverage(path, 0, 0, complete=False) for path in paths)
+            self._queue.put(_Verified(tuple(identities), results))
 
         threading.Thread(target=run, name="verify-watches", daemon=True).start()
 
@@ -499,12 +554,21 @@ class Service:
             record.coverage = result
             problem = result.problem()
             if problem is None:
-                logger.debug("%s: all %d folders watched", record.key, result.folders)
+                record.verification = "complete" if result.complete else "incomplete"
+                if result.complete:
+                    logger.debug("%s: all %d folders watched (%d vanished meanwhile)", record.key, result.folders,
+                                 result.vanished)
+                else:
+                    logger.debug("%s: watch verification did not finish in time", record.key)
                 continue
+            record.verification = "shortfall"
             if problem != record.problem:
-                logger.error("%s", problem)
+                # Folders the kernel never reported are a fact of the storage, handled by
+                # polling; a watch limit or a permission is the user's to fix.
+                level = logging.WARNING if result.cause == UNREPORTED and record.root.fallback == "poll" else logging.ERROR
+                logger.log(level, "%s", problem)
                 record.problem = problem
-            if record.root.fallback == "poll":
+            if record.root.fallback == "poll" and result.needs_polling:
                 self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")", events_meanwhile=True)
 
     def _reason(self, record: _RootRecord, now: float) -> str:
@@ -522,7 +586,12 @@ class Service:
     def _attempt_refresh(self, now: float) -> None:
         batch = self._debouncer.pending
         assert batch is not None
-        busy = [self._records[key] for key in batch.roots if key in self._records and self._records[key].poll_busy]
+        # A root that is not healthy cannot finish its copy: the gate below holds the batch
+        # (and says why) instead of waiting for its next polling cycle.
+        busy = [
+            record for key in batch.roots if (record := self._records.get(key)) is not None and record.poll_busy
+            and (record.health is None or record.health.healthy)
+        ]
         if busy and now - batch.first_change < self.config.max_wait:
             # Polling sees a copy in slices, one per cycle: wait for a cycle that finds
             # nothing new, or the copy becomes two refreshes and a half-copied file is scanned.
@@ -838,6 +907,8 @@ class Service:
                         else record.coverage.watched if record.coverage else None
                     ),
                     "mode": "poll" if record.poller is not None else "events" if record.watched else None,
+                    "poll": record.poller.method if record.poller is not None else None,
+                    "verification": record.verification,
                 }
             )
         pending = None
@@ -851,7 +922,8 @@ class Service:
             }
         last = None if self._last_refresh is None else {"time": self._last_refresh.time, "result": self._last_refresh.result}
         signature = (
-            tuple((root["path"], root["state"], root["reason"], root["watched"], root["watched_directories"]) for root in roots),
+            tuple((root["path"], root["state"], root["reason"], root["watched"], root["watched_directories"],
+                   root["mode"], root["verification"]) for root in roots),
             None if batch is None else (batch.roots, held, batch.first_change),
             None if last is None else (last["time"], last["result"]),
             self._stop.is_set(),
@@ -867,6 +939,7 @@ class Service:
             "pid": os.getpid(),
             "started": self._started,
             "dry_run": self._client is None,
+            "verified": not any(root["verification"] == "running" for root in roots),
             "roots": roots,
             "pending": pending,
             "last_refresh": last,

@@ -22,9 +22,9 @@ and +194 MiB per cycle for 110k entries). This poller is cheaper:
 
 All filesystem access runs in a child process under a deadline, like the health probe: a
 hung share makes the cycle time out (reported so the service can probe the root), never a
-hung daemon. A cycle in which the root itself is gone, or a folder cannot be read for
-another reason than being gone (an I/O error, a dropped connection), fails as a whole instead
-of reporting a flood of deletions: unmounts and dead servers are the health gate's business.
+hung daemon. A cycle in which the root itself is gone, or a folder cannot be read because of
+the storage failing (an I/O error, a dropped connection), fails as a whole instead of
+reporting a flood of deletions: unmounts and dead servers are the health gate's business.
 A folder the watcher may not read is left as it was.
 """
 
@@ -55,7 +55,9 @@ root, pattern, method, RACY = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.arg
 ignored = re.compile(pattern, re.IGNORECASE | re.DOTALL).match if pattern else (lambda name: None)
 out = sys.stdout
 GONE = (errno.ENOENT, errno.ENOTDIR)
-FORBIDDEN = (errno.EACCES, errno.EPERM)
+FAILING = tuple(getattr(errno, name) for name in ("EIO", "ENOTCONN", "ESTALE", "EHOSTDOWN", "EHOSTUNREACH",
+    "ETIMEDOUT", "ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "ENETDOWN", "ENETUNREACH", "ENODEV", "ENXIO",
+    "EREMOTEIO", "ENOLINK", "ECOMM") if hasattr(errno, name))
 def emit(**record):
     out.write(json.dumps(record) + "\n")  # ASCII: a name that is not UTF-8 travels as \udcXX
 def fail(path, error):
@@ -100,12 +102,12 @@ def visit(path, mtime):
     try:
         digest, folders = listing(path)
     except OSError as error:
-        if error.errno in FORBIDDEN:
-            return []
         if error.errno in GONE:
             emit(path=path, gone=True)
             return []
-        fail(path, error)
+        if error.errno in FAILING:
+            fail(path, error)
+        return []
     old = known.get(path)
     if old is None or old[1] != digest or (method == "mtime" and old[0] != mtime):
         emit(path=path, mtime=mtime, digest=digest)
@@ -122,9 +124,9 @@ def walk(path):
             try:
                 status = os.stat(folder, follow_symlinks=False)
             except OSError as error:
-                if error.errno in GONE or error.errno in FORBIDDEN:
-                    continue
-                fail(folder, error)
+                if error.errno in FAILING:
+                    fail(folder, error)
+                continue
             if not stat.S_ISDIR(status.st_mode):
                 continue
             mtime = status.st_mtime_ns
@@ -141,12 +143,11 @@ else:
         try:
             status = os.stat(path, follow_symlinks=False)
         except OSError as error:
-            if error.errno in FORBIDDEN:
-                continue
             if error.errno in GONE:
                 emit(path=path, gone=True)
-                continue
-            fail(path, error)
+            elif error.errno in FAILING:
+                fail(path, error)
+            continue
         if status.st_mtime_ns != mtime:
             for folder in visit(path, status.st_mtime_ns):
                 if folder not in known:

@@ -490,7 +490,7 @@ class Service:
         record.poller.start()
         record.watched = True
         record.verification = None
-        record.switched = events_meanwhile
+        record.switched = False
         listing = " (listing every folder: folder times do not follow their contents here)" if method == "list" else ""
         logger.info("polling %s every %g s%s: %s", record.key, interval, listing, why)
 
@@ -568,8 +568,11 @@ class Service:
                 level = logging.WARNING if result.cause == UNREPORTED and record.root.fallback == "poll" else logging.ERROR
                 logger.log(level, "%s", problem)
                 record.problem = problem
-            if record.root.fallback == "poll" and result.needs_polling:
+            if record.root.fallback == "poll":
                 self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")", events_meanwhile=True)
+                # What inotify missed in the folders it did not watch is in no batch: once
+                # polling has its baseline the root counts as changed (see _on_poll).
+                record.switched = result.may_have_missed_changes
 
     def _reason(self, record: _RootRecord, now: float) -> str:
         """Why ``record`` blocks a refresh ("" when it is ready, or its health gate is off)."""

@@ -140,9 +140,10 @@ class Coverage:
         return DENIED
 
     @property
-    def needs_polling(self) -> bool:
-        """Whether polling would see what inotify misses here: not for folders the watcher
-        may not read (polling cannot list them either)."""
+    def may_have_missed_changes(self) -> bool:
+        """Whether changes in readable folders may have gone unseen (the folders exist and
+        hold no watch): not so for folders the watcher may not read, which polling cannot
+        list either (it lists them once they are readable, which inotify would not)."""
         return self.cause in (LIMIT, UNREPORTED)
 
     def problem(self) -> str | None:

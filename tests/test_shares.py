@@ -27,7 +27,9 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from queue import SimpleQueue
@@ -381,3 +383,31 @@ def test_switch_to_polling_counts_the_root_as_changed_also_across_a_restart(
         watcher.wait_for_line(r"refresh sent: ", WAIT)
         finish(watcher, jellyfin, 1)
     assert len(jellyfin.items) == 300
+
+
+def test_ready_waits_for_the_watch_verification(tmp_path: Path, env: dict[str, str]) -> None:
+    """``READY=1`` comes once every folder has been checked: the status document then says
+    ``verified``, and the root's verification is complete."""
+    root = tmp_path / "media"
+    for index in range(2000):  # a listing that takes a moment
+        (root / f"Show {index // 40:02d}" / f"Season {index:04d}").mkdir(parents=True)
+    state_dir = tmp_path / "state"
+    address = f"jellyfin-watcher-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + address)  # the abstract namespace: no path length limit
+        listener.settimeout(WAIT)
+        notify_env = {**env, "NOTIFY_SOCKET": "@" + address}
+        with WatcherProcess([str(root), "--dry-run", "--state-dir", str(state_dir)], notify_env) as watcher:
+            while True:
+                message = listener.recv(65536).decode()
+                if "READY=1" in message.splitlines():
+                    break
+            watcher.send_signal(signal.SIGSTOP)  # nothing changes while the status file is read
+            try:
+                document = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+            finally:
+                watcher.send_signal(signal.SIGCONT)
+            assert watcher.terminate(WAIT) == 0
+    assert document["verified"] is True, document
+    [entry] = document["roots"]
+    assert entry["verification"] == "complete" and entry["mode"] == "events", entry

@@ -17,6 +17,16 @@ can.
   server gone makes the root ``unreadable`` (EIO); either way nothing is lost and the
   changes made meanwhile are refreshed once.
 
+Around the shares, what the watcher needs to trust them:
+
+* watch verification (real inotify watches, a real bindfs mount): folders the kernel never
+  reported are named as such, not blamed on the watch limit; folders found unwatched are
+  looked at again; past the watch limit (with the evidence: ENOSPC) the switch to polling
+  counts the root as changed, saved at once, so a watcher killed right after still
+  refreshes it; ``READY=1`` waits for the verification;
+* the polling methods: a folder whose modification time does not move when a file is added
+  (as through rclone) is missed by ``mtime`` and found by ``list``.
+
 Nothing sleeps for correctness: every wait is for a log line, a status field or a
 Jellyfin request, with a deadline.
 """
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -47,6 +58,9 @@ from shares import (
 from support import BindFS, WatcherProcess, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
+from watcher.config import DEFAULT_IGNORE
+from watcher.filters import IgnoreFilter
+from watcher.poll import RootPoller
 from watcher.verify import UNREPORTED, _second_look, coverage, user_watches
 from watcher.watch import RootWatcher
 
@@ -411,3 +425,26 @@ def test_ready_waits_for_the_watch_verification(tmp_path: Path, env: dict[str, s
     assert document["verified"] is True, document
     [entry] = document["roots"]
     assert entry["verification"] == "complete" and entry["mode"] == "events", entry
+
+
+# --- polling methods ---------------------------------------------------------------------------
+
+
+def test_list_polling_finds_what_a_lying_folder_time_hides(tmp_path: Path) -> None:
+    """A file added to a folder whose modification time stays as it was (as seen through an
+    rclone mount): ``mtime`` polling misses it, ``list`` polling finds it."""
+    root = tmp_path / "media"
+    folder = movie(root, "Seed (2000)").parent
+    past = time.time() - 60  # older than the poller's window for just-changed folders
+    for path in (root, folder):
+        os.utime(path, (past, past))
+    ignore = IgnoreFilter(DEFAULT_IGNORE).regex
+    pollers = {method: RootPoller(root, 3600, WAIT, ignore, lambda item: None, method=method) for method in ("mtime", "list")}
+    for poller in pollers.values():
+        assert poller.cycle().first
+    before = folder.stat()
+    (folder / "Seed (2000) - Extended.mkv").write_bytes(MKV)
+    os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))  # the folder's time lies
+    missed, found = pollers["mtime"].cycle(), pollers["list"].cycle()
+    assert not missed.failed and missed.changed == (), missed
+    assert not found.failed and found.changed == (str(folder),), found

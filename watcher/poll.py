@@ -42,13 +42,14 @@ from watcher.health import run_child
 
 logger = logging.getLogger(__name__)
 
-# argv: root, ignore regex, method ("mtime" or "list"). stdin: known folders as JSON lines
-# [path, mtime_ns, digest]. stdout: one JSON line per folder whose state changed:
-# {"path", "mtime", "digest"} or {"path", "gone": true}; last line {"done": true, "stats": n,
-# "lists": n}, {"root_gone": true}, or {"error": [path, errno, strerror]} when a folder could
-# not be read for another reason than being gone or forbidden (an I/O error, a dead
-# connection): the cycle then proves nothing, and reporting the folder as gone would read as
-# deletions. A forbidden folder (EACCES, EPERM) is left as it was known.
+# argv: root, ignore regex, method ("mtime" or "list"), RACY_NS. stdin: known
+# folders as JSON lines [path, mtime_ns, digest]. stdout: one JSON line per folder whose state
+# changed: {"path", "mtime", "digest"} or {"path", "gone": true}; last line {"done": true,
+# "stats": n, "lists": n}, {"root_gone": true}, or {"error": [path, errno, strerror]} when a
+# folder could not be read because the storage is failing (an I/O error, a dead connection:
+# FAILING): the cycle then proves nothing, and reporting the folder as gone would read as
+# deletions. A folder that cannot be read for another reason (permission denied, a path
+# beyond PATH_MAX) is left as it was known.
 _POLL_PROGRAM = r"""
 import errno, hashlib, json, os, re, stat, sys, time
 root, pattern, method, RACY = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -58,10 +59,12 @@ GONE = (errno.ENOENT, errno.ENOTDIR)
 FAILING = tuple(getattr(errno, name) for name in ("EIO", "ENOTCONN", "ESTALE", "EHOSTDOWN", "EHOSTUNREACH",
     "ETIMEDOUT", "ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "ENETDOWN", "ENETUNREACH", "ENODEV", "ENXIO",
     "EREMOTEIO", "ENOLINK", "ECOMM") if hasattr(errno, name))
+class Failing(Exception):
+    pass
 def emit(**record):
     out.write(json.dumps(record) + "\n")  # ASCII: a name that is not UTF-8 travels as \udcXX
 def fail(path, error):
-    emit(error=[path, error.errno or 0, error.strerror or str(error)]); out.flush(); sys.exit(0)
+    raise Failing(path, error)
 try:
     os.stat(root)
 except OSError:
@@ -72,11 +75,9 @@ for line in sys.stdin:
         continue
     path, mtime, digest = json.loads(line)
     known[path] = (mtime, digest)
-stats = lists = 0
+counts = {"stats": 0, "lists": 0}
 seen = set()
 def listing(path):
-    global lists
-    lists += 1
     names, folders = [], []
     with os.scandir(path) as entries:
         for entry in entries:
@@ -97,6 +98,7 @@ def visit(path, mtime):
     # (sshfs and SMB1 report whole seconds, FAT two): it is stored as -1, so that the
     # next cycle lists it again instead of trusting an mtime that would not move.
     seen.add(path)
+    counts["lists"] += 1
     if method == "mtime" and mtime > time.time_ns() - RACY:
         mtime = -1
     try:
@@ -113,33 +115,32 @@ def visit(path, mtime):
         emit(path=path, mtime=mtime, digest=digest)
     return folders
 def walk(path):
-    # mtime: a folder not known yet, and everything below it. list: every folder.
-    global stats
+    # A folder not known yet, and everything below it (method mtime).
     pending = [path]
     while pending:
         folder = pending.pop()
-        mtime = 0
-        if method == "mtime":
-            stats += 1
-            try:
-                status = os.stat(folder, follow_symlinks=False)
-            except OSError as error:
-                if error.errno in FAILING:
-                    fail(folder, error)
-                continue
-            if not stat.S_ISDIR(status.st_mode):
-                continue
-            mtime = status.st_mtime_ns
-        pending.extend(sub for sub in visit(folder, mtime) if method == "list" or sub not in known)
-if method == "list" or not known:
-    walk(root)
-    if method == "list":
-        for path in known:
-            if path not in seen:
-                emit(path=path, gone=True)
-else:
+        counts["stats"] += 1
+        try:
+            status = os.stat(folder, follow_symlinks=False)
+        except OSError as error:
+            if error.errno in FAILING:
+                fail(folder, error)
+            continue
+        if not stat.S_ISDIR(status.st_mode):
+            continue
+        pending.extend(sub for sub in visit(folder, status.st_mtime_ns) if sub not in known)
+def walk_all(path):
+    # Every folder (method list). Listing several at a time gained nothing on an rclone
+    # mount: rclone paces its requests to the server (about 100 a second for WebDAV).
+    pending = [path]
+    while pending:
+        pending.extend(visit(pending.pop(), 0))
+    for known_path in known:
+        if known_path not in seen:
+            emit(path=known_path, gone=True)
+def check_known():
     for path, (mtime, digest) in known.items():
-        stats += 1
+        counts["stats"] += 1
         try:
             status = os.stat(path, follow_symlinks=False)
         except OSError as error:
@@ -152,7 +153,19 @@ else:
             for folder in visit(path, status.st_mtime_ns):
                 if folder not in known:
                     walk(folder)
-emit(done=True, stats=stats, lists=lists)
+try:
+    if method == "list":
+        walk_all(root)
+    elif not known:
+        walk(root)
+    else:
+        check_known()
+except Failing as failing:
+    path, error = failing.args
+    emit(error=[path, error.errno or 0, error.strerror or str(error)])
+    out.flush()
+    sys.exit(0)
+emit(done=True, **counts)
 out.flush()
 """
 

@@ -58,7 +58,8 @@ from shares import (
 from support import BindFS, WatcherProcess, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher.config import DEFAULT_IGNORE
+from watcher.config import DEFAULT_IGNORE, load
+from watcher.errors import ConfigError
 from watcher.filters import IgnoreFilter
 from watcher.poll import RootPoller
 from watcher.verify import UNREPORTED, _second_look, coverage, user_watches
@@ -133,6 +134,8 @@ def finish(watcher: WatcherProcess, jellyfin: JellyfinEmulator, refreshes: int) 
     assert jellyfin.wait_for_scans_idle(WAIT), "Jellyfin's scans did not finish"
     assert len(jellyfin.refreshes) == refreshes, f"{len(jellyfin.refreshes)} refreshes:\n{watcher.output}"
     assert jellyfin.removed == [], "a scan deleted items whose files were only unreachable"
+    print(f"\n[shares] {len(jellyfin.refreshes)} refreshes; items lost: {len(jellyfin.removed)} of "
+          f"{len(jellyfin.items) + len(jellyfin.removed)}")
 
 
 # --- rclone -------------------------------------------------------------------------------------
@@ -448,3 +451,13 @@ def test_list_polling_finds_what_a_lying_folder_time_hides(tmp_path: Path) -> No
     missed, found = pollers["mtime"].cycle(), pollers["list"].cycle()
     assert not missed.failed and missed.changed == (), missed
     assert not found.failed and found.changed == (str(folder),), found
+
+
+def test_the_poll_key_is_checked(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[[roots]]\npath = "/srv/media"\npoll = "stat"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load(config, {}, {})
+    assert str(raised.value).startswith(f"{config}: roots[1].poll: expected one of mtime, list"), raised.value
+    config.write_text('[[roots]]\npath = "/srv/media"\npoll = "list"\n', encoding="utf-8")
+    assert load(config, {}, {}).roots[0].poll == "list"

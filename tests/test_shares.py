@@ -410,21 +410,24 @@ def test_ready_waits_for_the_watch_verification(tmp_path: Path, env: dict[str, s
         (root / f"Show {index // 40:02d}" / f"Season {index:04d}").mkdir(parents=True)
     state_dir = tmp_path / "state"
     address = f"jellyfin-watcher-test-{uuid.uuid4().hex}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+    notify_env = {**env, "NOTIFY_SOCKET": "@" + address}
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with contextlib.ExitStack() as stack:
+        stack.callback(listener.close)
         listener.bind("\0" + address)  # the abstract namespace: no path length limit
         listener.settimeout(WAIT)
-        notify_env = {**env, "NOTIFY_SOCKET": "@" + address}
-        with WatcherProcess([str(root), "--dry-run", "--state-dir", str(state_dir)], notify_env) as watcher:
-            while True:
-                message = listener.recv(65536).decode()
-                if "READY=1" in message.splitlines():
-                    break
-            watcher.send_signal(signal.SIGSTOP)  # nothing changes while the status file is read
-            try:
-                document = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
-            finally:
-                watcher.send_signal(signal.SIGCONT)
-            assert watcher.terminate(WAIT) == 0
+        watcher = stack.enter_context(WatcherProcess([str(root), "--dry-run", "--state-dir", str(state_dir)], notify_env))
+        while True:
+            message = listener.recv(65536).decode()
+            if "READY=1" in message.splitlines():
+                break
+        # Written before READY=1 was sent; no verification runs again after it (nothing is
+        # watched anew), so what it says about verification cannot change meanwhile.
+        document = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+        # Closed before the watcher is stopped: a listener that no longer reads fills up and
+        # blocks the watcher's next notification (systemd always reads).
+        listener.close()
+        assert watcher.terminate(WAIT) == 0
     assert document["verified"] is True, document
     [entry] = document["roots"]
     assert entry["verification"] == "complete" and entry["mode"] == "events", entry

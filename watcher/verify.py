@@ -7,6 +7,18 @@ child process with a deadline, like every filesystem access to a root) and compa
 the watches this process holds, read from the kernel: ``/proc/self/fdinfo/<fd>`` of an
 inotify descriptor has one ``inotify wd:… ino:<hex> sdev:<hex> …`` line per watch
 (proc(5)). ``sdev`` is the kernel's internal device number (major << 20 | minor).
+
+A folder found unwatched is not yet a problem: one made a moment ago is watched once
+watchdog has handled its creation event, one deleted meanwhile is gone. They are looked at
+again until that stops making progress. What is left is blamed on a cause, with evidence:
+
+* the watch limit, only if inotify refused a watch with ENOSPC (inotify_add_watch(2)), or
+  the watches held by this user's processes plus the missing ones exceed
+  ``max_user_watches`` (inotify(7): the limit is per user);
+* folders the kernel never reported: made behind a FUSE mount's back (in the folder it
+  serves, not through the mount: the FUSE kernel module sees no operation, so inotify
+  reports nothing), or while events were lost;
+* folders that cannot be listed (permission denied, PATH_MAX).
 """
 
 from __future__ import annotations

@@ -115,7 +115,9 @@ class Daemon:
         if watch:
             watches = of(self.feed(0.0, Probed(probe.started_at, tuple(healthy(root) for root in roots))), Watch)
             for action in watches:
-                self.feed(0.0, Watched(str(action.root.path), action.ticket))
+                for verify in of(self.feed(0.0, Watched(str(action.root.path), action.ticket)), Verify):
+                    self.feed(0.0, Verified(str(verify.root.path), verify.ticket, Coverage(verify.root.path, 3, 3)))
+            assert of(self.log, Ready), "start-up is over"
 
     def feed(self, now: float, item: object) -> list[Action]:
         actions = self.core.feed(now, item)
@@ -148,16 +150,20 @@ class Daemon:
 # --- start-up ------------------------------------------------------------------------------------
 
 
-def test_ready_once_every_first_watch_is_set_up() -> None:
+def test_ready_once_every_first_watch_is_set_up_and_verified() -> None:
     daemon = Daemon(roots=(MOVIES, SHOWS), watch=False)
     probe = daemon.one(daemon.log, Probe)
     watches = of(daemon.feed(0.1, Probed(probe.started_at, (healthy(MOVIES), healthy(SHOWS)))), Watch)
     assert [str(watch.root.path) for watch in watches] == ["/media/movies", "/media/shows"]
     assert not of(daemon.feed(0.2, Watched("/media/movies", watches[0].ticket)), Ready)
-    actions = daemon.feed(0.3, Watched("/media/shows", watches[1].ticket))
+    assert not of(daemon.feed(0.3, Watched("/media/shows", watches[1].ticket)), Ready)
+    verifies = of(daemon.log, Verify)
+    assert [verify.root for verify in verifies] == [MOVIES, SHOWS]
+    assert not of(daemon.feed(0.4, Verified("/media/movies", verifies[0].ticket, Coverage(MOVIES.path, 3, 3))), Ready)
+    assert snapshot(daemon.core, 0.4).roots[1].verification == "running"
+    actions = daemon.feed(0.5, Verified("/media/shows", verifies[1].ticket, Coverage(SHOWS.path, 2, 2)))
     assert of(actions, Ready) == [Ready()]
     assert "watching 2 of 2 roots: /media/movies, /media/shows" in logged(actions)
-    assert [verify.root for verify in of(daemon.log, Verify)] == [MOVIES, SHOWS]
 
 
 def test_ready_after_its_deadline_when_a_watch_hangs_on_a_hung_mount() -> None:
@@ -462,16 +468,19 @@ def test_a_root_that_comes_back_is_watched_again_after_settling_and_counted_as_c
 def test_a_verification_shortfall_is_believed_only_after_a_probe_finds_the_root_unchanged() -> None:
     daemon = Daemon()
     verify = daemon.one(daemon.log, Verify)
-    short = Coverage(Path("/media/movies"), folders=10, watched=4, unwatched=("/media/movies/x",), limit=100)
+    short = Coverage(Path("/media/movies"), folders=10, watched=4, unwatched=("/media/movies/x",), limit=100,
+                     limit_failures=6)  # inotify refused 6 watches: the watch limit
     actions = daemon.feed(1.0, Verified("/media/movies", verify.ticket, short))
     assert not logged(actions, logging.ERROR) and of(actions, Probe)
     actions = daemon.probe_answered(1.1, actions)
     assert any("6 of 10 folders under /media/movies are not watched" in line for line in logged(actions, logging.ERROR))
     poll = daemon.one(actions, Watch)
     assert poll.mode == "poll" and poll.keep_events
-    assert of(actions, Save) and daemon.core.pending is not None  # switching counts the root as changed
+    assert daemon.core.pending is None, "counted as changed once polling has its baseline, not before"
     actions = daemon.feed(2.0, PollResult("/media/movies", first=True, directories=10))
     assert of(actions, DropEvents) == [DropEvents(MOVIES, ())]
+    assert "polling has taken over /media/movies: counting it as changed, inotify missed part of it" in logged(actions)
+    assert daemon.core.pending is not None and of(actions, Save)[-1].state.pending is not None  # saved for a restart
 
 
 def test_a_verification_of_a_root_that_went_away_meanwhile_is_dropped() -> None:

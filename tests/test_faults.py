@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from shares import wait_verified
 from support import (
     MKV,
     STOP_WITHIN,
@@ -747,6 +748,10 @@ def test_fuse_mount_hangs_while_watchdog_walks_a_new_folder(tmp_path: Path, jell
         config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], state_dir)
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
+            # The watcher is on duty once it has checked that every folder is watched (as
+            # READY=1 says): folders made behind the mount's back before then would be its
+            # start-up, not this scenario.
+            wait_verified(state_dir, WAIT)
             # A big folder made behind the mount's back (no events), then moved in through it.
             incoming = source / ".incoming"
             for index in range(1500):

@@ -27,7 +27,8 @@ def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -
             "watched": root.watched,
             "watched_directories": root.watched_directories,
             "mode": root.mode,
-            "verified": root.verified,
+            "poll": root.poll,
+            "verification": root.verification,
             "branches": [dict(branch) for branch in root.branches],
         }
         for root in snapshot.roots
@@ -48,6 +49,7 @@ def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -
         "started": started,
         "dry_run": snapshot.dry_run,
         "roots": roots,
+        "verified": not any(root.verification == "running" for root in snapshot.roots),
         "pending": pending,
         "last_refresh": None if last is None else {"time": last.at + wall_offset, "result": last.result},
         "last_backup": None if backup is None else {
@@ -66,7 +68,8 @@ def signature(snapshot: Snapshot) -> tuple[Any, ...]:
     pending count alone is not: it is written at most every few seconds)."""
     pending = snapshot.pending
     return (
-        tuple((r.path, r.state, r.reason, r.watched, r.watched_directories, r.verified, r.branches) for r in snapshot.roots),
+        tuple((r.path, r.state, r.reason, r.watched, r.watched_directories, r.verification, r.poll, r.branches)
+              for r in snapshot.roots),
         None if pending is None else (pending.roots, pending.held, pending.first_change),
         snapshot.last_refresh and (snapshot.last_refresh.at, snapshot.last_refresh.result),
         snapshot.last_backup and snapshot.last_backup.at,

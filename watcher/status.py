@@ -8,8 +8,11 @@ recorded start time, so a recycled pid does not pass for the daemon.
 Shape (``version`` 1; times are seconds since the epoch)::
 
     {"version": 1, "pid": int, "started": float (process_start_time()), "updated": float, "dry_run": bool,
+     "verified": bool (no watch verification is running: every folder that can be watched is),
      "roots": [{"path", "mount_point", "fstype", "state", "reason", "watched": bool,
-                "watched_directories": int | null,
+                "watched_directories": int | null, "mode": "events" | "poll" | null,
+                "poll": "mtime" | "list" | null,
+                "verification": "running" | "complete" | "shortfall" | "incomplete" | null,
                 "branches": [{"path", "mode", "pool", "kind", "state", "reason", "mount_point",
                               "fstype"}]}],
      "pending": {"changes": int, "roots": [str], "due": float | null, "held": str | null} | null,
@@ -94,13 +97,18 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         if root.get("reason"):
             health += f" ({root['reason']})"
         watched = root.get("watched_directories")
+        shown = "-" if not root.get("watched") else str(watched) if watched is not None else "yes"
+        if root.get("watched") and root.get("mode") == "poll":
+            shown += f" (polled: {root.get('poll') or 'mtime'})"
+        elif root.get("verification") == "running":
+            shown += " (verifying)"
         rows.append(
             (
                 str(root.get("path", "")),
                 str(root.get("mount_point") or "-"),
                 str(root.get("fstype") or "-"),
                 health,
-                ("-" if not root.get("watched") else str(watched) if watched is not None else "yes"),
+                shown,
             )
         )
         for branch in root.get("branches") or []:

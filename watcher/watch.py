@@ -130,6 +130,13 @@ class _OverflowHandler(logging.Handler):
             self._put(EventsLost())
 
 
+_limit_failures: dict[bytes, int] = {}
+"""Per recursive watch (its root, as bytes): how many of its folders inotify refused a
+watch with ENOSPC (``fs.inotify.max_user_watches`` reached) since it was set up. watchdog
+skips such folders without a word; this is the evidence watch verification needs before it
+blames the watch limit. Written on watchdog's threads, read on the loop's (one dict
+operation each, atomic in CPython)."""
+
 _reconciling_observer: Callable[[Callable[[], None]], BaseObserver] | None = None
 """On Linux with watchdog 7.1: makes an observer that reports a kernel queue overflow to
 its callback and recovers from it without overflowing again (:class:`_ReconcilingWatchGroup`).
@@ -200,11 +207,13 @@ else:
                 with inotify._lock:
                     watch = inotify._get_or_create_watch(path, self.event_mask)
                     watch.callbacks[self._id] = self._callback
-            except OSError:
+            except OSError as error:
                 # Folders may vanish or turn unreadable while the tree is walked; the root
                 # itself must be watched or the caller told.
                 if path == self.path:
                     raise
+                if error.errno == errno.ENOSPC:
+                    _limit_failures[self.path] = _limit_failures.get(self.path, 0) + 1
                 return
             old = self._active_callbacks_by_watch.get(watch.wd)
             if old is not None and old != path and self._active_callbacks_by_path.get(old) == watch.wd:
@@ -332,6 +341,7 @@ class RootWatcher:
         only the counterparts (a root that is polled). Blocks while watchdog walks the trees."""
         key = str(root)
         self.unwatch(root)
+        _limit_failures.pop(os.fsencode(key), None)
         if _reconciling_observer is not None:
             observer = _reconciling_observer(lambda: self._put(EventsLost(key)))
         else:
@@ -366,6 +376,13 @@ class RootWatcher:
         with self._lock:
             self._observers[key] = observer
         return None
+
+    @staticmethod
+    def limit_failures(root: Path) -> int:
+        """How many folders under ``root`` inotify refused a watch with ENOSPC (the watch
+        limit) since ``root`` was last watched. Counted with the observer this module uses
+        on Linux; 0 with watchdog's own observer, which keeps no such count."""
+        return _limit_failures.get(os.fsencode(str(root)), 0)
 
     def unwatch(self, root: Path, timeout: float = 5.0) -> bool:
         """Stop watching ``root``, if it is watched; waits at most ``timeout`` seconds for

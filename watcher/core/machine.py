@@ -304,7 +304,12 @@ class Core:
         if batch is None or deadline is None:
             return None
         due = max(deadline, self.retry_at, self.writes_recheck_at)
-        busy = [self.roots[key] for key in batch.roots if key in self.roots and self.roots[key].poll_busy]
+        # A root that is not healthy cannot finish its copy: the gate holds the batch (and
+        # says why) instead of waiting for its next polling cycle.
+        busy = [
+            tracker for key in batch.roots if (tracker := self.roots.get(key)) is not None and tracker.poll_busy
+            and (tracker.health is None or tracker.health.healthy)
+        ]
         if busy and now - batch.first_change < self.config.watch.max_wait:
             due = max(due, batch.first_change + self.config.watch.max_wait)
         return due
@@ -371,6 +376,11 @@ class Core:
             return
         changed = tracker.on_poll(result)
         actions.extend(tracker.take_actions())
+        if tracker.taken_over:
+            # Saved at once: a restart must refresh what inotify missed, too.
+            tracker.taken_over = False
+            self._count(now, result.root)
+            actions.append(self._save())
         for folder in changed or ():
             self._count(now, result.root, folder)
 
@@ -438,7 +448,8 @@ class Core:
             return
         counting = tracker.count_when_watched and watched.ticket == tracker.ticket
         if tracker.on_watched(watched.ticket, watched.problem):
-            actions.append(Verify(tracker.root, watched.ticket))
+            fstype = tracker.health.fstype if tracker.health is not None else None
+            actions.append(Verify(tracker.root, watched.ticket, bool(fstype and fstype.split(".")[0] in ("fuse", "fuseblk"))))
         if counting and watched.problem is None and tracker.watched:
             actions.append(
                 info(f"watching {tracker.key} again; counting it as changed, files may have arrived while it was away")
@@ -462,10 +473,6 @@ class Core:
     def _apply_verified(self, now: float, verified: Verified, tracker: RootTracker, actions: list[Action]) -> None:
         if tracker.on_verified(verified.ticket, verified.coverage, self.config, self.tickets + 1):
             self.tickets += 1
-            # Changes made while the watch was incomplete may have been missed: the root
-            # counts as changed (and is saved as such, for a restart).
-            self.debouncer.add(now, tracker.key)
-            actions.append(self._save())
         actions.extend(tracker.take_actions())
 
     # --- roots -------------------------------------------------------------------------
@@ -581,7 +588,7 @@ class Core:
                     "refreshing without waiting for it any longer"
                 )
             )
-        if not self.ready and (not self.first_watches and self.ready_at < float("inf") or now >= self.ready_at):
+        if not self.ready and (self._first_watches_verified() and self.ready_at < float("inf") or now >= self.ready_at):
             self._become_ready(actions)
         if now >= self.libraries_at and "ReadRoots" not in self.jobs.running:
             self.libraries_at = now + self.config.jellyfin.library_interval
@@ -604,6 +611,13 @@ class Core:
         if deadline is not None:
             wake.append(deadline)
         self.wake_at = min([*wake, self.probing.due_at])
+
+    def _first_watches_verified(self) -> bool:
+        """Every first watch is set up, and its verification has ended: from then on every
+        folder that can be watched is (or its root is polled)."""
+        return not self.first_watches and not any(
+            tracker.verification == "running" for tracker in self.roots.values()
+        )
 
     def _become_ready(self, actions: list[Action]) -> None:
         self.ready = True
@@ -998,7 +1012,8 @@ class RootSnapshot:
     watched: bool
     mode: str | None
     watched_directories: int | None
-    verified: bool
+    verification: str | None
+    poll: str | None
     branches: tuple[dict[str, object], ...] = ()
     """The pool's branches (mergerfs, overlay), each as ``status --json`` shows it."""
 
@@ -1046,7 +1061,8 @@ def snapshot(core: Core, now: float) -> Snapshot:
                 tracker.watched,
                 tracker.watch if tracker.watched else None,
                 directories,
-                tracker.verified,
+                tracker.verification,
+                tracker.poll_method if tracker.watch == "poll" and tracker.watched else None,
                 tuple(branch.as_status() for branch in health.branches) if health else (),
             )
         )

@@ -246,6 +246,8 @@ class Watch:
     automounts: tuple[str, ...] = ()
     """Automounted mount points the root needs, held open while watched (else they expire
     under the watches)."""
+    poll_method: str = "mtime"
+    """``mtime`` or ``list`` (:class:`watcher.config.PollMethod`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,10 +268,13 @@ class DropEvents:
 
 @dataclass(frozen=True, slots=True)
 class Verify:
-    """Compare ``root``'s folders with the kernel's watches; answers :class:`Verified`."""
+    """Compare ``root``'s folders with the kernel's watches; answers :class:`Verified`.
+    ``fuse``: the root is on a FUSE filesystem (folders made behind its back are never
+    reported by the kernel)."""
 
     root: Root
     ticket: int
+    fuse: bool = False
 
 
 @dataclass(frozen=True, slots=True)

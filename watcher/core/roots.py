@@ -33,7 +33,7 @@ from watcher.core.messages import (
 )
 from watcher.health import Health, State
 from watcher.poll import PollResult
-from watcher.verify import Coverage
+from watcher.verify import UNREPORTED, Coverage
 
 Identity = tuple[Any, ...]
 """(device, inode, mounts, branches) of a root: what its watch was set up on."""
@@ -47,12 +47,23 @@ def identity(health: Health) -> Identity:
 
 
 def mode_for(root: Root, health: Health | None, config: Config) -> str:
-    """``poll`` or ``events``: the root's ``mode``, or for ``auto`` polling on network
-    filesystems, whose changes made on the server inotify cannot see (inotify(7))."""
+    """``poll`` or ``events`` for this root: its ``mode``, or for ``auto`` polling on network
+    filesystems, whose changes made on the server inotify cannot see (inotify(7)), and on
+    those whose folder times lie (``watch.list_fstypes``)."""
     if root.mode != "auto":
-        return root.mode
+        return str(root.mode)
     fstype = health.fstype if health is not None else None
-    return "poll" if fstype in config.watch.network_fstypes else "events"
+    polled = (*config.watch.network_fstypes, *config.watch.list_fstypes)
+    return "poll" if fstype in polled else "events"
+
+
+def poll_method_for(root: Root, health: Health | None, config: Config) -> str:
+    """``list`` or ``mtime``: the root's ``poll``, else ``list`` on the filesystem types whose
+    folder times do not follow their contents (``watch.list_fstypes``)."""
+    if root.poll is not None:
+        return str(root.poll)
+    fstype = health.fstype if health is not None else None
+    return "list" if fstype in config.watch.list_fstypes else "mtime"
 
 
 @dataclass(slots=True)
@@ -78,8 +89,16 @@ class RootTracker:
     count_when_watched: bool = False
     """The watch under way re-watches a root that was away: count it as changed."""
     coverage: Coverage | None = None
-    verified: bool = False
-    """The watch verification of the current watch has finished (or is not needed)."""
+    verification: str | None = None
+    """Of the current inotify watch: ``running``, ``complete`` (every folder watched),
+    ``shortfall`` (some not: see the log), ``incomplete`` (the listing ran out of time); None
+    when the root is not watched by inotify."""
+    switched: bool = False
+    """Verification switched this root to polling, and inotify may have missed changes in the
+    folders it did not watch: once polling has its baseline, the root counts as changed."""
+    taken_over: bool = False
+    """Set by :meth:`on_poll` when polling took over after such a switch: the caller counts
+    the root as changed (and clears it)."""
     poll_directories: int | None = None
     poll_busy: bool = False
     """The last polling cycle found changes: a copy may still be under way."""
@@ -87,6 +106,7 @@ class RootTracker:
     problem: str = ""
     """The last watch ERROR logged for this root (logged again only when it changes)."""
     why_polled: str = ""
+    poll_method: str = ""
     fallback: bool = False
     """Polled because inotify could not watch all of it (``fallback = "poll"``)."""
     actions: list[Action] = field(default_factory=list)
@@ -176,22 +196,35 @@ class RootTracker:
         self.watched_as = identity(health)
         self.count_when_watched = count
         self.coverage = None
-        self.verified = False
+        self.verification = None
+        self.switched = False
         self.poll_busy = False
         if mode_for(self.root, health, config) == "poll":
             why = 'configured mode = "poll"'
-            if self.root.mode == "auto":
+            if self.root.mode == "auto" and health.fstype in config.watch.list_fstypes:
+                why = f"{health.fstype}: inotify cannot see changes made on the server"
+            elif self.root.mode == "auto":
                 why = f"{health.fstype} is a network filesystem, inotify cannot see changes made on the server"
-            self.watch = "poll"
-            self.why_polled = why
-            self.verified = True
-            self.actions.append(Watch(self.root, ticket, "poll", self.poll_interval(config), why=why,
-                                      counterparts=health.counterparts, automounts=health.automounts))
-            self.actions.append(info(f"polling {self.key} every {self.poll_interval(config):g} s: {why}"))
+            self.start_polling(health, config, ticket, why)
         else:
             self.watch = "events"
             self.actions.append(Watch(self.root, ticket, "events", counterparts=health.counterparts,
                                       automounts=health.automounts))
+
+    def start_polling(self, health: Health | None, config: Config, ticket: int, why: str,
+                      keep_events: bool = False) -> None:
+        """Ask for polling (``keep_events``: keep the inotify watch until the first cycle has
+        taken its baseline; a change made between the two would be seen by neither)."""
+        self.watch = "poll"
+        self.why_polled = why
+        interval = self.poll_interval(config)
+        method = poll_method_for(self.root, health, config)
+        self.poll_method = method
+        self.actions.append(Watch(self.root, ticket, "poll", interval, keep_events=keep_events, why=why,
+                                  counterparts=health.counterparts if health else (),
+                                  automounts=health.automounts if health else (), poll_method=method))
+        listing = " (listing every folder: folder times do not follow their contents here)" if method == "list" else ""
+        self.actions.append(info(f"polling {self.key} every {interval:g} s{listing}: {why}"))
 
     def poll_interval(self, config: Config) -> float:
         return self.root.poll_interval or config.watch.poll_interval
@@ -202,6 +235,8 @@ class RootTracker:
         self.ticket += 1_000_000  # results of the watch under way, if any, are stale now
         self.poll_busy = False
         self.poll_directories = None
+        self.verification = None
+        self.switched = False
         self.actions.append(Unwatch(self.root))
 
     def on_watched(self, ticket: int, problem: str | None) -> bool:
@@ -219,35 +254,43 @@ class RootTracker:
             return False
         if not self.fallback:
             self.problem = ""  # polled instead of fully watched: the problem stays (and is shown)
-        return self.watch == "events"
+        if self.watch == "events":
+            self.verification = "running"
+            return True
+        return False
 
     def on_verified(self, ticket: int, coverage: Coverage, config: Config, next_ticket: int) -> bool:
-        """The verification of watch ``ticket`` ended: an ERROR on a shortfall, and polling
-        instead where ``fallback`` says so. Returns True when ``next_ticket`` was used."""
+        """The verification of watch ``ticket`` ended: a line on a shortfall (a WARNING for
+        folders the kernel never reported, which polling handles; else an ERROR: the watch
+        limit or a permission is the user's to fix), and polling instead where ``fallback``
+        says so. Returns True when ``next_ticket`` was used."""
         if ticket != self.ticket or self.watch != "events" or self.pending:
             return False
         self.coverage = coverage
-        self.verified = True
         problem = coverage.problem()
         if problem is None:
-            self.actions.append(debug(f"{self.key}: all {coverage.folders} folders watched"))
+            self.verification = "complete" if coverage.complete else "incomplete"
+            if coverage.complete:
+                self.actions.append(debug(f"{self.key}: all {coverage.folders} folders watched "
+                                          f"({coverage.vanished} vanished meanwhile)"))
+            else:
+                self.actions.append(debug(f"{self.key}: watch verification did not finish in time"))
             return False
+        self.verification = "shortfall"
         if problem != self.problem:
-            self.actions.append(error(problem))
+            unreported = coverage.cause == UNREPORTED and self.root.fallback == "poll"
+            self.actions.append(warning(problem) if unreported else error(problem))
             self.problem = problem
         if self.root.fallback != "poll":
             return False
         self.ticket = next_ticket
         self.pending = True
-        self.watch = "poll"
         self.fallback = True
-        self.why_polled = 'inotify cannot watch all of it (fallback = "poll")'
-        interval = self.poll_interval(config)
-        health = self.health
-        self.actions.append(Watch(self.root, next_ticket, "poll", interval, keep_events=True, why=self.why_polled,
-                                  counterparts=health.counterparts if health else (),
-                                  automounts=health.automounts if health else ()))
-        self.actions.append(info(f"polling {self.key} every {interval:g} s: {self.why_polled}"))
+        self.start_polling(self.health, config, next_ticket, 'inotify cannot watch all of it (fallback = "poll")',
+                           keep_events=True)
+        # What inotify missed in the folders it did not watch is in no batch: once polling
+        # has its baseline the root counts as changed (see on_poll).
+        self.switched = coverage.may_have_missed_changes
         return True
 
     def on_poll(self, result: PollResult) -> list[str] | None:
@@ -262,6 +305,11 @@ class RootTracker:
         self.poll_directories = result.directories
         if result.first:
             self.actions.append(DropEvents(self.root, self.health.counterparts if self.health else ()))
+            if self.switched:
+                self.switched = False
+                self.taken_over = True
+                self.actions.append(info(f"polling has taken over {self.key}: counting it as changed, "
+                                         "inotify missed part of it"))
         if result.failed:
             self.actions.append(debug(f"polling {self.key}: {result.failed}"))
             return None

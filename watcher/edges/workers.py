@@ -65,13 +65,15 @@ from watcher.health import Health, probe_roots
 from watcher.jellyfin import JellyfinClient
 from watcher.poll import RootPoller
 from watcher.state import StateStore
-from watcher.verify import coverage
+from watcher.verify import Coverage, coverage
 from watcher.watch import RootWatcher
 
 logger = logging.getLogger("watcher.service")
 
 VERIFY_TIMEOUT = 60.0
 """Seconds the listing of a root's folders (watch verification, a polling cycle) may take."""
+POLL_TIMEOUT_INTERVALS = 10
+"""A polling cycle may take this many poll intervals (at least ``VERIFY_TIMEOUT``)."""
 
 Reloader = Callable[[], tuple[Config, "JellyfinClient | None"]]
 Put = Callable[[object], None]
@@ -176,8 +178,8 @@ class Executor:
                 self._root_worker(root).submit("Unwatch", lambda: self._unwatch(root))
             case DropEvents(root=root, counterparts=counterparts):
                 self._root_worker(root).submit("DropEvents", lambda: self._drop_events(root, counterparts))
-            case Verify(root=root, ticket=ticket):
-                self._verifier.submit("Verify", lambda: self._verify(root, ticket))
+            case Verify(root=root, ticket=ticket, fuse=on_fuse):
+                self._verifier.submit("Verify", lambda: self._verify(root, ticket, on_fuse))
             case CheckWrites(paths=paths):
                 self._files.submit("CheckWrites", lambda: self._check_writes(paths))
             case ReadRoots(purpose=purpose):
@@ -237,9 +239,12 @@ class Executor:
                 old.stop()
             if not watch.keep_events:
                 self.watcher.unwatch(watch.root.path)
-            timeout = max(self.config.watch.probe_timeout, VERIFY_TIMEOUT)
+            # A cycle lists a share folder by folder (on rclone with its cache expired, one
+            # request to the server each): minutes on a large library. A hung share is the
+            # health probe's to report; the cycle's deadline only ends a child that is stuck.
+            timeout = max(self.config.watch.probe_timeout, VERIFY_TIMEOUT, POLL_TIMEOUT_INTERVALS * watch.poll_interval)
             poller = RootPoller(watch.root.path, watch.poll_interval, timeout, IgnoreFilter(self.config.watch.ignore).regex,
-                                self._put)
+                                self._put, watch.poll_method)
             self._pollers[key] = poller
             poller.start()
             if watch.counterparts and not watch.keep_events:
@@ -269,9 +274,14 @@ class Executor:
             for line in problems:
                 logger.warning("cannot watch %s of %s's pool: files written there directly are missed", line, root.path)
 
-    def _verify(self, root: Root, ticket: int) -> Verified:
-        [result] = coverage([root.path], max(self.config.watch.probe_timeout, VERIFY_TIMEOUT), self._stop,
-                            IgnoreFilter(self.config.watch.ignore).regex)
+    def _verify(self, root: Root, ticket: int, on_fuse: bool) -> Verified:
+        timeout = max(self.config.watch.probe_timeout, VERIFY_TIMEOUT)
+        try:
+            [result] = coverage([root.path], timeout, self._stop, [on_fuse], [self.watcher.limit_failures(root.path)],
+                                IgnoreFilter(self.config.watch.ignore).regex)
+        except Exception:  # READY waits for the verification: a bug must not leave it running
+            logger.exception("watch verification of %s failed", root.path)
+            result = Coverage(root.path, 0, 0, complete=False)
         return Verified(str(root.path), ticket, result)
 
     def _check_writes(self, paths: tuple[str, ...]) -> WritesChecked:

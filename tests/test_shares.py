@@ -319,7 +319,7 @@ def test_verification_names_folders_made_behind_a_fuse_mount(tmp_path: Path) -> 
     source = tmp_path / "source"
     movie(source, "Seed (2000)")
     events: SimpleQueue[object] = SimpleQueue()
-    with BindFS(source, tmp_path / "fuse") as fuse, RootWatcher(events) as watcher:
+    with BindFS(source, tmp_path / "fuse") as fuse, RootWatcher(events.put) as watcher:
         root = fuse.mount_point
         assert watcher.watch(root) is None
         [clean] = coverage([root], WAIT, fuse=[True])
@@ -341,7 +341,7 @@ def test_verification_looks_again_at_folders_found_unwatched(tmp_path: Path) -> 
     root = tmp_path / "media"
     movie(root, "Seed (2000)")
     events: SimpleQueue[object] = SimpleQueue()
-    with RootWatcher(events) as watcher:
+    with RootWatcher(events.put) as watcher:
         assert watcher.watch(root) is None
         watched = movie(root, "Made Through The Watch (2024)").parent  # watched once watchdog sees it
         outside = tmp_path / "never watched"

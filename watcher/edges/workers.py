@@ -72,6 +72,8 @@ logger = logging.getLogger("watcher.service")
 
 VERIFY_TIMEOUT = 60.0
 """Seconds the listing of a root's folders (watch verification, a polling cycle) may take."""
+IDLE = 5.0
+"""Seconds a worker thread waits for another job before it ends."""
 POLL_TIMEOUT_INTERVALS = 10
 """A polling cycle may take this many poll intervals (at least ``VERIFY_TIMEOUT``)."""
 
@@ -81,8 +83,9 @@ Put = Callable[[object], None]
 
 class SerialWorker:
     """A daemon thread that runs jobs in the order given; each job's result (a queue item,
-    or None) is put on the queue. Started on the first job; :meth:`stop` ends it after the
-    job under way (without waiting for it)."""
+    or None) is put on the queue. The thread is started by the first job and ends after
+    :data:`IDLE` seconds without one (a watcher at rest keeps no idle threads); :meth:`stop`
+    ends it after the job under way (without waiting for it)."""
 
     def __init__(self, name: str, put: Put) -> None:
         self.name = name
@@ -94,26 +97,23 @@ class SerialWorker:
     def submit(self, job: str, work: Callable[[], object]) -> None:
         """Run ``work`` after the jobs before it; ``job`` names it in a crash report."""
         with self._lock:
+            self._jobs.put((job, work))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
-        self._jobs.put((job, work))
 
     def stop(self) -> None:
         self._jobs.put(None)
 
-    def join(self, timeout: float) -> bool:
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
-
     def _run(self) -> None:
         while True:
             try:
-                entry = self._jobs.get(timeout=3600)
+                entry = self._jobs.get(timeout=IDLE)
             except Empty:
+                with self._lock:
+                    if self._jobs.empty():  # submit() puts under the lock: nothing can slip in
+                        self._thread = None
+                        return
                 continue
             if entry is None:
                 return

@@ -1119,6 +1119,7 @@ def test_soak_mount_flaps_and_file_events(tmp_path: Path, jellyfin: JellyfinEmul
                   f"RSS {before[0]} → {after[0]} KiB ({after[0] - before[0]:+d}), threads {before[1]} → {after[1]}, "
                   f"fds {before[2]} → {after[2]}")
             assert after[0] - before[0] < 5 * 1024, "RSS grew by 5 MiB or more"
-            assert after[1] == before[1], "threads left behind"
+            # Worker threads end after a few idle seconds: fewer threads at the end is no leak.
+            assert after[1] <= before[1], "threads left behind"
             assert after[2] == before[2], "file descriptors left open"
             finish(watcher, jellyfin, len(jellyfin.refreshes))

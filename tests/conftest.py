@@ -32,6 +32,7 @@ for _path in (str(_TESTS.parent), str(_TESTS)):  # ``tests.jellyfin.emulator`` a
         sys.path.insert(0, _path)
 
 from support import child_env, tools_missing  # noqa: E402
+
 from tests.jellyfin.emulator import JellyfinEmulator  # noqa: E402
 
 THREAD_GRACE = 5.0

@@ -9,7 +9,7 @@ context manager undoes what it did in teardown, whatever happened in the test:
 * :func:`run_cli`: a one-shot command (``check``, ``refresh``) as a subprocess.
 * :class:`TmpfsMount`, :class:`LoopDisk`, :class:`BindFS`: a tmpfs, a loop-mounted ext4
   image and a ``bindfs -f`` FUSE mount whose daemon can be SIGSTOPped to make the mount hang
-  (FACTS.md, "psutil and mounts"). They always unmount in teardown.
+  (every access to a FUSE mount whose daemon is stopped blocks until it runs again). They always unmount in teardown.
 
 The API key handed to a child through ``JELLYFIN_API_KEY`` must never show in its output:
 :meth:`WatcherProcess.terminate` and :func:`run_cli` check that (scenario h).

@@ -16,7 +16,14 @@ import pytest
 from support import write_file
 
 from watcher import cli, config
-from watcher.config import CREDENTIAL_NAME, DEFAULT_IGNORE, Config, ConfigError, Root, Secret
+from watcher.config import (
+    CREDENTIAL_NAME,
+    DEFAULT_IGNORE,
+    Config,
+    ConfigError,
+    Root,
+    Secret,
+)
 from watcher.errors import WatcherError
 
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -53,15 +60,15 @@ def config_file(tmp_path: Path) -> Path:
 def test_defaults_without_a_file(tmp_path: Path) -> None:
     loaded = load(environ={"STATE_DIRECTORY": str(tmp_path)})
 
-    assert loaded.url is None
-    assert loaded.api_key is None
+    assert loaded.jellyfin.url is None
+    assert loaded.jellyfin.api_key is None
     assert loaded.roots == ()
-    assert loaded.quiet_period == config.DEFAULT_QUIET_PERIOD == 30.0
-    assert loaded.max_wait == config.DEFAULT_MAX_WAIT == 600.0
-    assert loaded.probe_timeout == config.DEFAULT_PROBE_TIMEOUT
-    assert loaded.request_timeout == config.DEFAULT_REQUEST_TIMEOUT
-    assert loaded.backoff_max == config.DEFAULT_BACKOFF_MAX
-    assert loaded.ignore == DEFAULT_IGNORE
+    assert loaded.watch.quiet_period == 30.0
+    assert loaded.watch.max_wait == 600.0
+    assert loaded.watch.probe_timeout == 5.0
+    assert loaded.jellyfin.timeout == 30.0
+    assert loaded.watch.backoff_max == 300.0
+    assert loaded.watch.ignore == DEFAULT_IGNORE
     assert loaded.state_dir == tmp_path
     assert loaded.dry_run is False
     assert loaded.log_level == "info"
@@ -73,7 +80,7 @@ def test_empty_file_gives_the_defaults(config_file: Path) -> None:
 
     loaded = load(config_file)
 
-    assert loaded.quiet_period == 30.0
+    assert loaded.watch.quiet_period == 30.0
     assert loaded.config_file == config_file
 
 
@@ -109,11 +116,11 @@ def test_full_file(tmp_path: Path, config_file: Path) -> None:
 
     loaded = load(config_file)
 
-    assert loaded.url == "http://jellyfin.lan:8096"
-    assert loaded.api_key is not None and loaded.api_key.reveal() == SECRET
-    assert loaded.request_timeout == 12.0
-    assert (loaded.quiet_period, loaded.max_wait, loaded.probe_timeout, loaded.backoff_max) == (5.0, 120.0, 0.5, 60.0)
-    assert loaded.ignore == (*DEFAULT_IGNORE, "*.sample.*")
+    assert loaded.jellyfin.url == "http://jellyfin.lan:8096"
+    assert loaded.jellyfin.api_key is not None and loaded.jellyfin.api_key.reveal() == SECRET
+    assert loaded.jellyfin.timeout == 12.0
+    assert (loaded.watch.quiet_period, loaded.watch.max_wait, loaded.watch.probe_timeout, loaded.watch.backoff_max) == (5.0, 120.0, 0.5, 60.0)
+    assert loaded.watch.ignore == (*DEFAULT_IGNORE, "*.sample.*")
     assert loaded.roots == (
         Root(Path("/mnt/usb/movies"), Path("/mnt/usb")),
         Root(Path("/srv/media/shows"), None),
@@ -127,7 +134,7 @@ def test_config_is_frozen(config_file: Path) -> None:
     loaded = load(None)
 
     with pytest.raises(AttributeError):
-        loaded.url = "http://x"  # type: ignore[misc]
+        loaded.jellyfin.url = "http://x"  # type: ignore[misc]
 
 
 # --- Precedence: flags > environment > file > defaults -----------------------------------
@@ -150,14 +157,14 @@ def test_url_precedence(
     write_file(config_file, "" if in_file is None else f'[jellyfin]\nurl = "{in_file}"\n')
     environ = {} if env is None else {"JELLYFIN_URL": env}
 
-    assert load(config_file, {"url": flag}, environ).url == expected
+    assert load(config_file, {"url": flag}, environ).jellyfin.url == expected
 
 
 def test_a_bad_url_in_the_file_is_shadowed_by_a_flag(config_file: Path) -> None:
     # Only the source that is used is parsed.
     write_file(config_file, '[jellyfin]\nurl = "ftp://file"\n')
 
-    assert load(config_file, {"url": "https://flag"}).url == "https://flag"
+    assert load(config_file, {"url": "https://flag"}).jellyfin.url == "https://flag"
 
 
 @pytest.mark.parametrize(
@@ -167,7 +174,7 @@ def test_a_bad_url_in_the_file_is_shadowed_by_a_flag(config_file: Path) -> None:
 def test_quiet_period_precedence(config_file: Path, flag: str | None, in_file: object, expected: float) -> None:
     write_file(config_file, "" if in_file is None else f"[watch]\nquiet_period = {in_file!r}\n".replace("'", '"'))
 
-    assert load(config_file, {"quiet_period": flag}).quiet_period == expected
+    assert load(config_file, {"quiet_period": flag}).watch.quiet_period == expected
 
 
 def test_other_timing_flags_beat_the_file(config_file: Path) -> None:
@@ -175,7 +182,7 @@ def test_other_timing_flags_beat_the_file(config_file: Path) -> None:
 
     loaded = load(config_file, {"max_wait": "50", "probe_timeout": "1.5"})
 
-    assert (loaded.max_wait, loaded.probe_timeout) == (50.0, 1.5)
+    assert (loaded.watch.max_wait, loaded.watch.probe_timeout) == (50.0, 1.5)
 
 
 def test_log_level_and_dry_run_flags_beat_the_file(config_file: Path) -> None:
@@ -243,7 +250,7 @@ def test_api_key_precedence(
     flags = {} if "flag" in removed else key_sources["flags"]
     environ = {name: value for name, value in key_sources["environ"].items() if name not in removed}
 
-    api_key = load(config_file, flags, environ).api_key
+    api_key = load(config_file, flags, environ).jellyfin.api_key
 
     assert api_key is not None
     assert api_key.reveal() == expected
@@ -252,7 +259,7 @@ def test_api_key_precedence(
 def test_api_key_inline_in_the_file(config_file: Path) -> None:
     write_file(config_file, f'[jellyfin]\napi_key = " {SECRET} "\n')
 
-    api_key = load(config_file).api_key
+    api_key = load(config_file).jellyfin.api_key
 
     assert api_key == Secret(SECRET)
 
@@ -261,7 +268,7 @@ def test_credentials_directory_without_the_credential_falls_through(tmp_path: Pa
     (tmp_path / "credentials").mkdir()
     write_file(config_file, '[jellyfin]\napi_key = "from-file"\n')
 
-    api_key = load(config_file, environ={"CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")}).api_key
+    api_key = load(config_file, environ={"CREDENTIALS_DIRECTORY": str(tmp_path / "credentials")}).jellyfin.api_key
 
     assert api_key == Secret("from-file")
 
@@ -272,8 +279,8 @@ def test_empty_environment_variables_count_as_unset(tmp_path: Path, config_file:
 
     loaded = load(config_file, environ=environ)
 
-    assert loaded.api_key == Secret("from-file")
-    assert loaded.url == "http://file"
+    assert loaded.jellyfin.api_key == Secret("from-file")
+    assert loaded.jellyfin.url == "http://file"
 
 
 @pytest.mark.parametrize("blank", [" ", "\n", " \t "])
@@ -450,7 +457,7 @@ def test_api_key_file_of_the_wrong_type(config_file: Path) -> None:
         ("state_dir = 5\n", "state_dir", "expected a non-empty string, got a number"),
         ("state_dir = ''\n", "state_dir", "expected a non-empty string"),
         ("log_level = 'loud'\n", "log_level", "expected one of debug, info, warning, error"),
-        ("log_level = 3\n", "log_level", "expected a non-empty string"),
+        ("log_level = 3\n", "log_level", "expected one of debug, info, warning, error, got 3"),
         ("dry_run = 'yes'\n", "dry_run", "expected true or false"),
         # URLs.
         ("[jellyfin]\nurl = 'localhost:8096'\n", "jellyfin.url", "expected an http:// or https:// URL"),
@@ -591,19 +598,19 @@ def test_bad_flag_or_environment_names_its_source(
 def test_extra_ignore_patterns_are_added_to_the_defaults(config_file: Path) -> None:
     write_file(config_file, "[watch]\nignore = ['*.sample.*', 'Extras']\n")
 
-    assert load(config_file).ignore == (*DEFAULT_IGNORE, "*.sample.*", "Extras")
+    assert load(config_file).watch.ignore == (*DEFAULT_IGNORE, "*.sample.*", "Extras")
 
 
 def test_default_ignore_false_keeps_only_the_extra_patterns(config_file: Path) -> None:
     write_file(config_file, "[watch]\ndefault_ignore = false\nignore = ['*.sample.*']\n")
 
-    assert load(config_file).ignore == ("*.sample.*",)
+    assert load(config_file).watch.ignore == ("*.sample.*",)
 
 
 def test_default_ignore_false_without_extras_ignores_nothing(config_file: Path) -> None:
     write_file(config_file, "[watch]\ndefault_ignore = false\n")
 
-    assert load(config_file).ignore == ()
+    assert load(config_file).watch.ignore == ()
 
 
 def test_state_dir_honours_state_directory(tmp_path: Path) -> None:
@@ -686,7 +693,7 @@ def test_config_repr_hides_the_api_key(config_file: Path) -> None:
 
     loaded = load(config_file)
 
-    assert loaded.api_key is not None and loaded.api_key.reveal() == SECRET
+    assert loaded.jellyfin.api_key is not None and loaded.jellyfin.api_key.reveal() == SECRET
     assert SECRET not in repr(loaded)
     assert SECRET not in str(loaded)
     assert SECRET not in f"{loaded}"

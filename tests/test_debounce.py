@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from watcher.debounce import Batch, Debouncer
+from watcher.core.debounce import Batch, Debouncer
 
 QUIET = 30.0
 MAX_WAIT = 600.0
@@ -352,7 +352,7 @@ def test_a_change_without_folder_marks_the_whole_root() -> None:
 
 
 def test_too_many_folders_collapse_to_the_root() -> None:
-    from watcher.debounce import MAX_FOLDERS
+    from watcher.core.debounce import MAX_FOLDERS
 
     debouncer = Debouncer(quiet_period=1, max_wait=10)
     for index in range(MAX_FOLDERS + 1):

@@ -45,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from shares import wait_verified
 from support import (
     MKV,
     STOP_WITHIN,
@@ -87,11 +88,14 @@ def fault_config(path: Path, url: str, roots: Sequence[Path | tuple[Path, Path]]
                  timeout: float | None = None, quiet: float = QUIET) -> Path:
     """A TOML configuration for ``run``; a root given as ``(path, mount)`` has its mount set."""
     jellyfin: dict[str, Any] = {"url": url}
+    sections: dict[str, Any] = {}
     if timeout is not None:
         jellyfin["timeout"] = timeout
+        sections["server_view"] = {"timeout": timeout}
     return write_config(path, {
         "state_dir": state_dir,
         "jellyfin": jellyfin,
+        **sections,
         "watch": {"quiet_period": quiet, "max_wait": 30, "settle": SETTLE, "health_interval": HEALTH_INTERVAL,
                   "probe_timeout": PROBE_TIMEOUT, "backoff_max": 4, "poll_interval": POLL_INTERVAL},
         "roots": [{"path": root[0], "mount": root[1]} if isinstance(root, tuple) else {"path": root} for root in roots],
@@ -744,6 +748,10 @@ def test_fuse_mount_hangs_while_watchdog_walks_a_new_folder(tmp_path: Path, jell
         config = fault_config(tmp_path / "config.toml", jellyfin.url, [root], state_dir)
         with watcher_for(config, env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
+            # The watcher is on duty once it has checked that every folder is watched (as
+            # READY=1 says): folders made behind the mount's back before then would be its
+            # start-up, not this scenario.
+            wait_verified(state_dir, WAIT)
             # A big folder made behind the mount's back (no events), then moved in through it.
             incoming = source / ".incoming"
             for index in range(1500):
@@ -780,7 +788,9 @@ def test_fuse_mount_hangs_while_watchdog_walks_a_new_folder(tmp_path: Path, jell
 SERVER_FAULTS = {
     # fault: the log line that says the batch is kept
     "503": r"WARNING refresh failed: Jellyfin answered HTTP 503 .*; keeping \d+ changes, retrying in \d+ s",
-    "timeout": r"WARNING refresh failed: .*no answer from \S+ within 1 s; keeping \d+ changes, retrying in \d+ s",
+    # Jellyfin's view of the roots is asked first: a server that does not answer reads as one
+    # stuck on a hung mount, and holds the batch.
+    "timeout": r"WARNING refresh held: Jellyfin did not list \S+ within 1 s while this machine lists .*; keeping \d+ changes",
     "connection refused": r"WARNING refresh failed: cannot connect to Jellyfin at \S+: .*; keeping \d+ changes",
     "401": r"ERROR Jellyfin at \S+ rejected the API key \(HTTP 401\).*; keeping \d+ changes and watching on",
 }
@@ -1109,6 +1119,7 @@ def test_soak_mount_flaps_and_file_events(tmp_path: Path, jellyfin: JellyfinEmul
                   f"RSS {before[0]} → {after[0]} KiB ({after[0] - before[0]:+d}), threads {before[1]} → {after[1]}, "
                   f"fds {before[2]} → {after[2]}")
             assert after[0] - before[0] < 5 * 1024, "RSS grew by 5 MiB or more"
-            assert after[1] == before[1], "threads left behind"
+            # Worker threads end after a few idle seconds: fewer threads at the end is no leak.
+            assert after[1] <= before[1], "threads left behind"
             assert after[2] == before[2], "file descriptors left open"
             finish(watcher, jellyfin, len(jellyfin.refreshes))

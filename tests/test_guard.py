@@ -15,7 +15,6 @@ library is measured by ``tests/benchmarks/guard_cost.py`` (not part of the defau
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
@@ -37,7 +36,7 @@ from support import (
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher import guard, service
+from watcher import guard
 from watcher import status as watcher_status
 from watcher.config import Secret
 from watcher.guard import Limits
@@ -57,7 +56,7 @@ PROBE_TIMEOUT = 1.0
 
 
 def guard_config(tmp_path: Path, jellyfin: JellyfinEmulator, roots: list[tuple[Path, bool]],
-                 quiet_period: float = QUIET_PERIOD, guard_timeout: float = 60.0) -> Path:
+                 quiet_period: float = QUIET_PERIOD, guard_timeout: float = 60.0, when: str = "always") -> Path:
     """``tmp_path/config.toml`` for the daemon and the one-shot commands: the emulator's URL,
     a state directory of its own, short timings, and ``roots`` as ``(path, health_gate)``."""
     return write_config(tmp_path / "config.toml", {
@@ -65,7 +64,7 @@ def guard_config(tmp_path: Path, jellyfin: JellyfinEmulator, roots: list[tuple[P
         "jellyfin": {"url": jellyfin.url},
         "watch": {"quiet_period": quiet_period, "max_wait": 90, "probe_timeout": PROBE_TIMEOUT, "settle": 0.5,
                   "health_interval": 0.5},
-        "guard": {"timeout": guard_timeout},
+        "guard": {"timeout": guard_timeout, "when": when},
         "roots": [{"path": path} if health_gate else {"path": path, "health_gate": False} for path, health_gate in roots],
     })
 
@@ -473,7 +472,7 @@ def test_check_predict_prints_each_library_and_the_verdict(tmp_path: Path, jelly
     assert "library Movies: 100 items, 60 with missing files: ok" in allowed.stdout.splitlines(), allowed.stdout
 
 
-# --- 8. a batch that only added files skips the prediction --------------------------------------
+# --- 8. guard.when = "removals": a batch that only added files skips the prediction -------------
 
 
 def test_additions_only_skip_the_prediction(tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str, str]) -> None:
@@ -481,7 +480,7 @@ def test_additions_only_skip_the_prediction(tmp_path: Path, jellyfin: JellyfinEm
     files = media_files(library, 10)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 10
-    config = guard_config(tmp_path, jellyfin, [(library, True)])
+    config = guard_config(tmp_path, jellyfin, [(library, True)], when="removals")
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         with frozen(watcher):

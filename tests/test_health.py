@@ -1,6 +1,7 @@
 """Root health: ``probe_roots`` on real temporary folders, ``mount_point_of`` on fake tables.
 
-The probe runs in a child process (FACTS.md, "psutil and mounts"), so every test here
+The probe runs in a child process (a stat on a dead network or FUSE mount blocks in the
+kernel, and no thread can be cancelled), so every test here
 spawns a real ``python -I -S`` child. Tests that need real mounts carry ``root_only``
 (conftest.py) and skip, with the reason, elsewhere.
 """
@@ -10,13 +11,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-
 from support import BindFS, TmpfsMount
+
 from watcher import health
 from watcher.config import Root
 from watcher.health import Health, State, mount_point_of, probe_roots

@@ -630,7 +630,7 @@ def test_ftp_url_is_a_usage_error(tmp_path: Path, env: dict[str, str], where: st
 # --- 7. Emby mode -------------------------------------------------------------------------------------
 #
 # The emulator is Jellyfin 12.0: it serves no /emby prefix and refuses X-Emby-Token. Emby mode
-# is tested against a small stand-in instead, built from what FACTS.md says of Emby (the same
+# is tested against a small stand-in instead, built from what Emby documents of its API (the same
 # refresh endpoints under /emby, X-Emby-Token, 200 with an empty body where Jellyfin answers
 # 204). What is tested: the prefix, the headers, that an empty 200 counts as success, the
 # login through X-Emby-Authorization, numeric item ids passed through as they are. Best

@@ -6,7 +6,7 @@ child, as in the daemon). The end-to-end tests run ``jellyfin-watcher run`` on a
 ``bindfs -f SOURCE MOUNT`` mount with ``watch.network_fstypes = ["fuse"]``: files written
 into SOURCE are changes made "on the server" — like another client of an NFS share, they
 reach the mount without a single inotify event on it — so only polling finds them. The
-FUSE daemon can be SIGSTOPped to make the share hang (FACTS.md, "psutil and mounts").
+FUSE daemon can be SIGSTOPped to make the share hang (every access then blocks, as on a hung NFS server).
 
 Nothing sleeps for correctness. Waits are on conditions with a deadline; the one negative
 window (no refresh while the share is unmounted) opens when the daemon has stopped polling it
@@ -251,10 +251,11 @@ def share(tmp_path: Path) -> Iterator[BindFS]:
 def test_inotify_does_not_see_writes_behind_a_fuse_mount(share: BindFS) -> None:
     """The premise: like another client's writes to an NFS share, a file written into the
     source reaches the mount without an inotify event on the mount."""
-    from watcher.watch import Change, RootWatcher
+    from watcher.core.messages import FileEvent
+    from watcher.watch import RootWatcher
 
     events: SimpleQueue[object] = SimpleQueue()
-    with RootWatcher(events) as watcher:
+    with RootWatcher(events.put) as watcher:
         assert watcher.watch(share.mount_point) is None
         movie(share.source, "Behind The Mount (2024)")
         assert (share.mount_point / "Behind The Mount (2024)" / "Behind The Mount (2024).mkv").exists()
@@ -263,7 +264,7 @@ def test_inotify_does_not_see_writes_behind_a_fuse_mount(share: BindFS) -> None:
         # the control written through the mount after it.
         movie(share.mount_point, "Through The Mount (2024)")  # control: this one is seen
         item = events.get(timeout=WAIT)
-        assert isinstance(item, Change) and "Through The Mount" in str(item.event.src_path), \
+        assert isinstance(item, FileEvent) and "Through The Mount" in item.path, \
             f"an event before the control's: {item!r}"
 
 

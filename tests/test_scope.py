@@ -1,4 +1,4 @@
-"""Refresh scopes (``watcher.scope.plan`` and ``fold``), path mapping (``Config.map_path`` and
+"""Refresh scopes (``watcher.core.scope.plan`` and ``fold``), path mapping (``Config.map_path`` and
 ``Config.jellyfin_path``) and the configuration errors of the keys behind them.
 
 Pure: no process, no server. A batch is built by hand as the debouncer would hand it over;
@@ -17,8 +17,9 @@ from support import write_config, write_file
 
 from watcher import cli, config
 from watcher.config import Config, ConfigError, PathMapping, Root
-from watcher.debounce import Batch
-from watcher.scope import MAX_PATHS, RefreshRequest, fold, plan
+from watcher.core.debounce import Batch
+from watcher.core.libraries import tag_roots
+from watcher.core.scope import MAX_PATHS, RefreshRequest, fold, plan
 
 MOVIES_ID = "0123456789abcdef0123456789abcdef"
 SHOWS_ID = "fedcba9876543210fedcba9876543210"
@@ -312,7 +313,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 def test_refresh_defaults(tmp_path: Path) -> None:
     loaded = load_text(tmp_path, "")
-    assert (loaded.scope, loaded.gate, loaded.server, loaded.verify, loaded.library_interval) == (
+    assert (loaded.refresh.scope, loaded.refresh.gate, loaded.jellyfin.server, loaded.jellyfin.verify, loaded.jellyfin.library_interval) == (
         "server", "all", "jellyfin", True, 600.0,
     )
 
@@ -322,7 +323,7 @@ def test_refresh_defaults(tmp_path: Path) -> None:
 )
 def test_valid_scope_and_gate(tmp_path: Path, scope: str, gate: str) -> None:
     loaded = load_text(tmp_path, f'[refresh]\nscope = "{scope}"\ngate = "{gate}"\n')
-    assert (loaded.scope, loaded.gate) == (scope.lower(), gate.lower())
+    assert (loaded.refresh.scope, loaded.refresh.gate) == (scope.lower(), gate.lower())
 
 
 @pytest.mark.parametrize(
@@ -361,10 +362,10 @@ def test_configuration_errors_name_the_key_and_the_fix(tmp_path: Path, text: str
 
 
 def test_server_emby_and_tls_options(tmp_path: Path) -> None:
-    assert load_text(tmp_path, '[jellyfin]\nserver = "Emby"').server == "emby"
-    assert load_text(tmp_path, "[jellyfin]\nverify = false").verify is False
-    assert load_text(tmp_path, '[jellyfin]\nca_bundle = "~/ca.pem"').verify == os.path.expanduser("~/ca.pem")
-    assert load_text(tmp_path, "[jellyfin]\nlibrary_interval = 1").library_interval == 1.0
+    assert load_text(tmp_path, '[jellyfin]\nserver = "Emby"').jellyfin.server == "emby"
+    assert load_text(tmp_path, "[jellyfin]\nverify = false").jellyfin.verify is False
+    assert load_text(tmp_path, '[jellyfin]\nca_bundle = "~/ca.pem"').jellyfin.verify == os.path.expanduser("~/ca.pem")
+    assert load_text(tmp_path, "[jellyfin]\nlibrary_interval = 1").jellyfin.library_interval == 1.0
 
 
 def test_password_file_is_read_and_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -375,8 +376,8 @@ def test_password_file_is_read_and_never_shown(tmp_path: Path, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="watcher.config"):
         loaded = load_text(tmp_path, f'[jellyfin]\nusername = "alice"\npassword_file = "{password}"\n')
 
-    assert loaded.username == "alice"
-    assert loaded.password is not None and loaded.password.reveal() == "correct horse"
+    assert loaded.jellyfin.username == "alice"
+    assert loaded.jellyfin.password is not None and loaded.jellyfin.password.reveal() == "correct horse"
     assert "correct horse" not in repr(loaded)
     assert caplog.records == []
 
@@ -450,7 +451,7 @@ def test_config_print_shows_the_refresh_keys_and_the_path_map(tmp_path: Path) ->
     ]
 
 
-# --- configured roots tagged with their libraries (cli._with_libraries) -----------------------------
+# --- configured roots tagged with their libraries (core.libraries.tag_roots) -----------------------------
 
 
 def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_path: Path) -> None:
@@ -470,7 +471,7 @@ def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_pat
         Root(Path("/elsewhere")),
     ]
 
-    tagged = cli._with_libraries(docker, roots, libraries)
+    tagged, warnings = tag_roots(docker, roots, libraries)
 
     assert [(str(root.path), root.library_name) for root in tagged] == [
         ("/mnt/media/movies", "Movies"),
@@ -481,6 +482,12 @@ def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_pat
         ("/elsewhere", None),
     ]
     assert [root.library_id for root in tagged[:3]] == [MOVIES_ID, SHOWS_ID, SHOWS_ID]
+    assert warnings == [
+        "/mnt/media/moviesX is in no Jellyfin library: it can only be refreshed with a server-wide scan",
+        "/mnt/media holds folders of several Jellyfin libraries (Movies, Shows): it can only be refreshed with a "
+        "server-wide scan",
+        "/elsewhere is in no Jellyfin library: it can only be refreshed with a server-wide scan",
+    ]
     # An untagged root makes every scope a server-wide refresh.
     changed = batch("/mnt/media", folders=("/mnt/media/shows/New",))
     assert plan(changed, {str(root.path): root for root in tagged}, "library", same)[0].kind == "server"

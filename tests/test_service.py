@@ -50,7 +50,7 @@ from support import (
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher.notify import Notifier
+from watcher.edges.sdnotify import Notifier
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion (a loaded machine)."""
@@ -501,7 +501,7 @@ def test_keepalives_continue_while_jellyfin_hangs(tmp_path: Path) -> None:
     root = tmp_path / "media"
     movie(root, "Film (2002)")
     config = tmp_path / "config.toml"
-    config.write_text("[jellyfin]\ntimeout = 2\n", encoding="utf-8")
+    config.write_text("[jellyfin]\ntimeout = 2\n\n[server_view]\ntimeout = 2\n", encoding="utf-8")
     server = _hung_server()
     try:
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
@@ -513,7 +513,8 @@ def test_keepalives_continue_while_jellyfin_hangs(tmp_path: Path) -> None:
             with WatcherProcess(args, env) as watcher:
                 ready_at, _ = listener.wait_for(lambda message: message.get("READY") == "1")
                 movie(root, "New (2003)")
-                failed_at, _ = watcher.wait_for_timed_line(r"refresh failed: ", WAIT + 5)
+                # The first request (Jellyfin's view of the root) gets no answer: held as unresponsive.
+                failed_at, _ = watcher.wait_for_timed_line(r"refresh failed: |refresh held: Jellyfin did not list", WAIT + 5)
                 beats = [moment for moment in keepalives(listener) if ready_at <= moment <= failed_at]
                 gaps = [later - earlier for earlier, later in zip([ready_at, *beats], [*beats, failed_at])]
                 print(f"\n[sd_notify] longest keep-alive gap while Jellyfin hung: {max(gaps):.2f} s "
@@ -753,7 +754,11 @@ def test_config_print_shows_effective_values_and_masks_the_key(tmp_path: Path) -
     printed = tomllib.loads(shown.stdout)
     assert printed["state_dir"] == str(tmp_path / "state")
     assert printed["log_level"] == "warning" and printed["log_format"] == "text" and printed["dry_run"] is False
-    assert printed["jellyfin"] == {"url": "http://jellyfin.example:8096", "api_key": "********", "timeout": 12}
+    # Every setting is shown, the defaults too (generated from the configuration's schema).
+    assert printed["jellyfin"] == {"url": "http://jellyfin.example:8096", "api_key": "********", "timeout": 12,
+                                   "server": "jellyfin", "verify": True, "library_interval": 600}
+    assert re.search(r"^timeout = 12  # from .*: jellyfin.timeout$", shown.stdout, re.MULTILINE), shown.stdout
+    assert printed["guard"] == {"enabled": True, "when": "always", "max_removals": 20, "max_share": 5, "timeout": 60}
     watch = printed["watch"]
     assert watch["quiet_period"] == 3  # the flag beats the file
     assert (watch["max_wait"], watch["settle"], watch["probe_timeout"], watch["ignore"]) == (90, 0, 5, ["*.bak"])
@@ -771,7 +776,8 @@ def test_config_print_masks_a_key_from_a_file_and_says_when_there_is_none(tmp_pa
     assert "# roots: every location of every Jellyfin library" in shown.stdout
 
     bare = run_cli("config", "--print", env=child_env(home=tmp_path / "home"), timeout=WAIT)
-    assert "api_key = # not set" in bare.stdout.splitlines()
+    assert "# api_key: not set" in bare.stdout.splitlines()
+    assert tomllib.loads(bare.stdout)["jellyfin"]["server"] == "jellyfin"  # still TOML
 
     required = run_cli("config", env=env, timeout=WAIT, secret=key)
     assert required.returncode == 2 and "--print" in required.stderr

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from watcher.state import FORMAT_VERSION, STATE_FILE, PendingChanges, SavedState, StateStore
+from watcher.state import (
+    FORMAT_VERSION,
+    STATE_FILE,
+    PendingChanges,
+    SavedState,
+    StateStore,
+)
 
 LOGGER = "watcher.state"
 

@@ -21,8 +21,9 @@ from queue import Empty, SimpleQueue
 import pytest
 from support import TmpfsMount, wait_until
 
+from watcher.core.messages import EventsLost, FileEvent
 from watcher.verify import coverage
-from watcher.watch import Change, EventsLost, RootWatcher
+from watcher.watch import RootWatcher
 
 WAIT = 15.0
 
@@ -57,7 +58,7 @@ def test_overflow_recovery_does_not_overflow_again_and_watches_what_was_missed(t
                 leaf.mkdir(parents=True)
                 leaves.append(leaf)
         events: SimpleQueue[object] = SimpleQueue()
-        with RootWatcher(events) as watcher:
+        with RootWatcher(events.put) as watcher:
             assert watcher.watch(root) is None
             # A storm from another process (as fast as the kernel allows; the reader cannot
             # keep up) that also makes new folders and renames some while events are lost.
@@ -82,7 +83,7 @@ def test_overflow_recovery_does_not_overflow_again_and_watches_what_was_missed(t
             def caught_up() -> bool:
                 marker.write_bytes(b"x")
                 during.extend(drain(events))
-                return any(isinstance(item, Change) and str(item.event.src_path) == str(marker) for item in during)
+                return any(isinstance(item, FileEvent) and item.path == str(marker) for item in during)
 
             wait_until(caught_up, WAIT, interval=0.2,
                        message="the watcher never caught up with the storm: its overflow recovery loops?")
@@ -106,7 +107,7 @@ def test_overflow_recovery_does_not_overflow_again_and_watches_what_was_missed(t
             seen: set[str] = set()
 
             def both_seen() -> bool:
-                seen.update(str(item.event.src_path) for item in drain(events) if isinstance(item, Change))
+                seen.update(item.path for item in drain(events) if isinstance(item, FileEvent))
                 return wanted <= seen
 
             wait_until(both_seen, WAIT, message=f"events under folders made or renamed during the overflow: {seen & wanted}")
@@ -122,7 +123,7 @@ def test_a_folder_tree_copied_in_does_not_warn(tmp_path: Path) -> None:
     root = tmp_path / "shows"
     root.mkdir()
     events: SimpleQueue[object] = SimpleQueue()
-    with RootWatcher(events) as watcher:
+    with RootWatcher(events.put) as watcher:
         assert watcher.watch(root) is None
         for copy in range(5):  # a copy creates each folder, then its sub-folders: the race that double-registers
             subprocess.run(["cp", "-r", str(source), str(root / f"Show {copy}")], check=True)
@@ -131,7 +132,7 @@ def test_a_folder_tree_copied_in_does_not_warn(tmp_path: Path) -> None:
         seen: set[str] = set()
 
         def probe_seen() -> bool:
-            seen.update(str(item.event.src_path) for item in drain(events) if isinstance(item, Change))
+            seen.update(item.path for item in drain(events) if isinstance(item, FileEvent))
             return str(probe) in seen
 
         wait_until(probe_seen, WAIT, message="no event after the copies: watchdog's reader thread died?")

@@ -1,63 +1,38 @@
-"""Command line: ``jellyfin-watcher run | check | refresh [ROOT ...]``.
+"""Command line: ``jellyfin-watcher run | check | refresh | status | doctor | config``.
 
+This module parses the arguments, loads the configuration, configures logging (the only
+place that does) and hands over to the command's module in :mod:`watcher.commands`.
 Exit codes: 0 ok; 1 suppressed or unhealthy; 2 usage or configuration error (one line on
-stderr, no traceback); 3 Jellyfin unreachable or the key rejected. Only this module
-configures logging.
+stderr, no traceback); 3 Jellyfin unreachable or the key rejected.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import logging.handlers
 import os
-import signal
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from pythonjsonlogger.json import JsonFormatter
 
 from watcher import __version__
-from watcher import status as status_file
-from watcher.config import (
-    DEFAULT_LIBRARY_INTERVAL,
-    LOG_FORMATS,
-    LOG_LEVELS,
-    Config,
-    Root,
-    Secret,
-    default_config_file,
-    load,
-)
-from watcher.core.protections import backup_due
-from watcher.core.serverview import Comparison
-from watcher.core.serverview import reasons as view_reasons
-from watcher.debounce import Batch
-from watcher.doctor import doctor as run_doctor
-from watcher.edges.backup import BackupUnavailable, create_backup
-from watcher.edges.serverview import check_roots
+from watcher.commands.check import check
+from watcher.commands.common import EXIT_CONFIG, EXIT_OK, EXIT_SERVER, client_for
+from watcher.commands.config_print import print_config
+from watcher.commands.doctor import doctor
+from watcher.commands.notify import run as notify_test
+from watcher.commands.refresh import refresh
+from watcher.commands.run import run
+from watcher.commands.status import status
+from watcher.config import Config, LogFormat, LogLevel, default_config_file, load
 from watcher.errors import ConfigError, JellyfinError
-from watcher.guard import Limits, Prediction
-from watcher.guard import predict as predict_removals
-from watcher.health import Health, State, probe_roots
-from watcher.jellyfin import JellyfinClient, Library, UserLogin
-from watcher.notify import Notifier
-from watcher.scope import plan
-from watcher.service import SCAN_RUNNING_RECHECK, Service, send
-from watcher.state import StateStore
+from watcher.jellyfin import JellyfinClient
 
 logger = logging.getLogger("watcher")
-
-EXIT_OK = 0
-EXIT_UNHEALTHY = 1
-EXIT_CONFIG = 2
-EXIT_SERVER = 3
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -65,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    common = _Parser(add_help=False, allow_abbrev=False)
     common.add_argument("roots", nargs="*", metavar="ROOT", help="library folders to watch (default: every location of every Jellyfin library)")
     common.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $JELLYFIN_WATCHER_CONFIG, ~/.config/jellyfin-watcher/config.toml or /etc/jellyfin-watcher/config.toml if present)")
     common.add_argument("--url", help="Jellyfin's URL, e.g. http://localhost:8096 (env JELLYFIN_URL)")
@@ -76,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--probe-timeout", type=str, metavar="SECONDS", help="a root that does not answer within this long is unresponsive (default 5)")
     common.add_argument("--state-dir", metavar="DIR", help="where state is kept (default: per-user state dir; /var/lib/jellyfin-watcher for root)")
     common.add_argument("--dry-run", action="store_true", default=None, help="never contact Jellyfin; log the refresh that would be sent")
-    common.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
-    common.add_argument("--log-format", choices=LOG_FORMATS, help="text (default) or json, one object per line")
+    common.add_argument("--log-level", choices=[level.value for level in LogLevel], help="default info")
+    common.add_argument("--log-format", choices=[kind.value for kind in LogFormat], help="text (default) or json, one object per line")
 
     parser = _Parser(
         prog="jellyfin-watcher",
@@ -100,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--fix", action="store_true", help="turn Jellyfin's own real-time monitor and scheduled scan off, printing each change")
     configuration = commands.add_parser("config", parents=[common], allow_abbrev=False, help="show the effective configuration")
     configuration.add_argument("--print", action="store_true", required=True, help="print the effective configuration, API key masked")
+    notify = commands.add_parser("notify", parents=[common], allow_abbrev=False, help="send a test notification to every notify URL; exit 0 all delivered, 1 not")
+    notify.add_argument("--test", action="store_true", required=True, help="send a test message to every URL and print each result")
     return parser
 
 
@@ -129,16 +106,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             if logging.getLogger(record.name).isEnabledFor(record.levelno):
                 logging.getLogger(record.name).handle(record)
         if arguments.command == "status":
-            return _status(config, as_json=arguments.json, quiet=arguments.quiet)
+            return status(config, as_json=arguments.json, quiet=arguments.quiet)
         if arguments.command == "doctor":
-            return run_doctor(config, _client(config, "to check Jellyfin"), fix=arguments.fix)
+            return doctor(config, fix=arguments.fix)
         if arguments.command == "run":
-            return _run(config, reload=lambda: _reload(arguments, environ))
+            return run(config, reload=lambda: _reload(arguments, environ))
         if arguments.command == "check":
-            return _check(config, predict=arguments.predict, relearn=arguments.relearn)
+            return check(config, predict_removals=arguments.predict, relearn=arguments.relearn)
         if arguments.command == "refresh":
-            return _refresh(config, allow_removals=arguments.allow_removals)
-        return _print_config(config)
+            return refresh(config, allow_removals=arguments.allow_removals)
+        if arguments.command == "notify":
+            return notify_test(config)
+        return print_config(config)
     except ConfigError as error:
         _print_error(error)
         return EXIT_CONFIG
@@ -178,7 +157,7 @@ def _load(arguments: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 def _reload(arguments: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Config, JellyfinClient | None]:
     """SIGHUP: the same command line and environment, the configuration file read again."""
     config = _load(arguments, environ)
-    client = None if config.dry_run else _client(config, "to refresh")
+    client = None if config.dry_run else client_for(config, "to refresh")
     _configure_logging(config.log_level, config.log_format, environ)
     return config, client
 
@@ -206,386 +185,3 @@ def _configure_logging(level: str, log_format: str, environ: Mapping[str, str]) 
     # urllib3 logs each of its quick retries (jellyfin.TRANSIENT_RETRY) as a WARNING with its
     # internals; the failure that matters is reported once, by us, when the retries run out.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-
-
-def _client(config: Config, needed_for: str) -> JellyfinClient:
-    if config.url is None:
-        raise ConfigError(f"no Jellyfin URL, needed {needed_for}: give --url, set JELLYFIN_URL or jellyfin.url in the config")
-    credentials: Secret | UserLogin
-    if config.api_key is not None:
-        credentials = config.api_key
-    elif config.username is not None and config.password is not None:
-        credentials = UserLogin(config.username, config.password, config.state_dir)
-    else:
-        raise ConfigError(
-            f"no API key, needed {needed_for}: make one in Jellyfin's Dashboard → API Keys and give it "
-            "through JELLYFIN_API_KEY, --api-key-file or jellyfin.api_key_file (or set jellyfin.username "
-            "and jellyfin.password_file)"
-        )
-    return JellyfinClient(config.url, credentials, config.request_timeout, verify=config.verify, server=config.server)
-
-
-def _roots_from_jellyfin(config: Config, libraries: Sequence[Library]) -> tuple[Root, ...]:
-    """Every location of every library, mapped to local paths."""
-    roots: dict[Path, Root] = {}
-    for library in libraries:
-        for location in library.locations:
-            path = config.map_path(location)
-            roots.setdefault(path, Root(path, library_id=library.item_id, library_name=library.name))
-    if not roots:
-        raise ConfigError("Jellyfin has no library folders: add a library in Jellyfin, or give ROOT arguments")
-    return tuple(roots.values())
-
-
-def _with_libraries(config: Config, roots: Sequence[Root], libraries: Sequence[Library]) -> tuple[Root, ...]:
-    """Configured roots, each tagged with the library whose (mapped) location holds it or
-    lies inside it; a root matching no library, or the folders of several libraries (a
-    refresh of one would miss the others' changes), stays untagged (server-wide refreshes)."""
-    tagged = []
-    for root in roots:
-        matches = [
-            library
-            for library in libraries
-            if any(
-                root.path == local or root.path.is_relative_to(local) or local.is_relative_to(root.path)
-                for local in (config.map_path(location) for location in library.locations)
-            )
-        ]
-        if len({library.item_id for library in matches}) == 1:
-            tagged.append(replace(root, library_id=matches[0].item_id, library_name=matches[0].name))
-            continue
-        if matches:
-            names = ", ".join(library.name for library in matches)
-            logger.warning(
-                "%s holds folders of several Jellyfin libraries (%s): it can only be refreshed with a server-wide scan",
-                root.path,
-                names,
-            )
-        else:
-            logger.warning("%s is in no Jellyfin library: it can only be refreshed with a server-wide scan", root.path)
-        tagged.append(root)
-    return tuple(tagged)
-
-
-def _resolve_roots(config: Config, client: JellyfinClient | None) -> tuple[Root, ...]:
-    """The roots: configured ones (tagged with their libraries when the refresh scope needs
-    them), else every location of every Jellyfin library."""
-    if config.roots:
-        if client is None or config.scope == "server":
-            return config.roots
-        return _with_libraries(config, config.roots, client.libraries())
-    if client is None:
-        raise ConfigError(
-            "no roots to watch: give ROOT arguments or [[roots]] in the config "
-            "(in dry-run mode the watcher does not ask Jellyfin for its libraries)"
-        )
-    return _roots_from_jellyfin(config, client.libraries())
-
-
-def _probe(config: Config, roots: Sequence[Root]) -> list[Health]:
-    """Probe ``roots``; a root that is a file is a usage error."""
-    saved = StateStore(config.state_dir).load()
-    results = probe_roots(roots, saved.expected_mounts(), config.probe_timeout, expected_below=saved.expected_below())
-    for health in results:
-        if health.is_file:
-            raise ConfigError(f"root {health.root.path} is a file, not a folder: give the library's folder")
-    return results
-
-
-def _check(config: Config, predict: bool = False, relearn: bool = False) -> int:
-    needs_server = predict or not config.roots
-    client = _client(config, "to read the libraries") if needs_server and not config.dry_run else None
-    roots = _resolve_roots(config, client)
-    if relearn:
-        _forget_mounts(config, roots)
-    results = _probe(config, roots)
-    if relearn:
-        _learn_mounts(config, [health for health in results if health.healthy])
-    views: dict[str, list[Comparison]] = {}
-    viewer = client if client is not None else _viewer(config)
-    unviewed: JellyfinError | None = None
-    if viewer is not None and config.server_view:
-        try:
-            for comparison in check_roots(viewer, config, results):
-                views.setdefault(comparison.target.root, []).append(comparison)
-        except JellyfinError as error:
-            unviewed = error
-    for health in results:
-        shown = views.get(str(health.root.path), [])
-        print("; ".join([_check_line(health, config), *(comparison.describe() for comparison in shown)]))
-    code = EXIT_OK if all(health.healthy for health in results) else EXIT_UNHEALTHY
-    if any(comparison.holds for shown in views.values() for comparison in shown):
-        code = EXIT_UNHEALTHY
-    if unviewed is not None:
-        _print_error(JellyfinError(f"Jellyfin's view of the roots not checked: {unviewed}"))
-        return EXIT_SERVER
-    if predict and client is not None:
-        for prediction in _predictions(config, client, client.libraries()):
-            count, share = config.limits_for(prediction.library.name)
-            verdict = "refused" if prediction.refused(Limits(count, share)) else "ok"
-            print(
-                f"library {prediction.library.name}: {prediction.items} items, "
-                f"{'?' if prediction.unresponsive else prediction.missing} with missing files: {verdict}"
-                + (f" ({prediction.describe()})" if verdict == "refused" else "")
-            )
-            if verdict == "refused":
-                code = EXIT_UNHEALTHY
-    return code
-
-
-def _viewer(config: Config) -> JellyfinClient | None:
-    """A client for Jellyfin's view of the roots, when a URL and a credential are configured."""
-    configured = config.url is not None and (config.api_key is not None or config.username is not None)
-    return _client(config, "to list the roots") if configured and config.server_view and not config.dry_run else None
-
-
-def _backup(config: Config, client: JellyfinClient, predicted: int) -> int | None:
-    """A backup before a refresh that removes items: None to go on, or the exit code."""
-    why = f"before removing {predicted} item{'s' if predicted != 1 else ''}" if predicted else "before a confirmed clean-up"
-    try:
-        archive = create_backup(client, config.backup_contents, config.backup_timeout, config.server)
-    except BackupUnavailable as error:
-        print(f"no backup {why}: {error}; the loss guard alone applies")
-        return None
-    except JellyfinError as error:
-        if config.backup_hold_on_failure:
-            print(f"refresh held: the backup {why} failed: {error} (backup.hold_on_failure = false refreshes without one)")
-            return EXIT_UNHEALTHY
-        print(f"backup {why} failed: {error}; refreshing without one (backup.hold_on_failure = false)")
-        return None
-    print(f"backup written {why}: {archive.describe()}")
-    return None
-
-
-def _predictions(config: Config, client: JellyfinClient, libraries: Sequence[Library]) -> list[Prediction]:
-    timeout = config.guard_timeout
-    return [predict_removals(client, library, lambda path: str(config.map_path(path)), timeout) for library in libraries]
-
-
-def _forget_mounts(config: Config, roots: Sequence[Root]) -> None:
-    store = StateStore(config.state_dir)
-    saved = store.load()
-    for root in roots:
-        saved.forget(str(root.path))
-    store.save(saved)
-
-
-def _check_line(health: Health, config: Config) -> str:
-    unmapped = config.jellyfin_path(str(health.root.path)) == str(health.root.path)
-    if health.state is State.MISSING and health.root.library_id is not None and unmapped:
-        return (
-            f"{health.root.path}: missing (no such folder here; if Jellyfin runs in a container, map its path "
-            f'to this machine\'s: [[path_map]] jellyfin = "{health.root.path}" local = "/the/same/folder/here")'
-        )
-    if health.healthy:
-        where = f"on {health.mount_point}" if health.mount_point else ""
-        if health.fstype:
-            where += f" ({health.fstype})"
-        return f"{health.root.path}: healthy ({where})" if where else f"{health.root.path}: healthy"
-    return f"{health.root.path}: {health.state} ({health.reason})"
-
-
-def _refresh(config: Config, allow_removals: int = 0) -> int:
-    """One-shot: refresh (in the configured scope) if the roots pass the gate and the loss
-    guard; ``allow_removals`` lets a confirmed clean-up of up to that many items through."""
-    client = None if config.dry_run else _client(config, "to refresh")
-    roots = _resolve_roots(config, client)
-    results = _probe(config, roots)
-    blocked = {str(health.root.path): health for health in results if not health.healthy and health.root.health_gate}
-    everything = Batch(frozenset(str(root.path) for root in roots), len(roots), 0.0, 0.0, whole_roots=frozenset(str(root.path) for root in roots))
-    requests = plan(everything, {str(root.path): root for root in roots}, config.scope, config.jellyfin_path)
-    if blocked and (config.gate == "all" or any(request.kind == "server" for request in requests)):
-        for health in blocked.values():
-            print(f"refresh suppressed: {health.describe()}")
-        return EXIT_UNHEALTHY
-    library_of = {str(root.path): root.library_id for root in roots}
-    blocked_libraries = {library_of[key] for key in blocked}
-    if client is not None and config.server_view:
-        in_scope = [health for health in results if library_of[str(health.root.path)] not in blocked_libraries]
-        held = view_reasons(check_roots(client, config, in_scope))
-        for reason in held:
-            print(f"refresh held: {reason}")
-        if held:
-            return EXIT_UNHEALTHY
-    predicted = 0
-    if client is not None and config.guard:
-        refused = False
-        wanted = {library_of[key] for key in library_of if key not in blocked}
-        libraries = [
-            library
-            for library in client.libraries()
-            if config.scope == "server" or None in wanted or library.item_id in wanted
-        ]
-        for prediction in _predictions(config, client, libraries):
-            count, share = config.limits_for(prediction.library.name)
-            if prediction.refused(Limits(count, share), allowed=allow_removals):
-                print(f"refresh refused: {prediction.describe()}")
-                if not prediction.unresponsive:
-                    print(f"  if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing}")
-                refused = True
-            elif prediction.missing and prediction.missing <= allow_removals:
-                print(f"removals allowed: {prediction.describe()}")
-            predicted += prediction.missing
-        if refused:
-            return EXIT_UNHEALTHY
-    if client is not None and config.backup and backup_due(predicted, allow_removals, config.backup_min_removals):
-        stopped = _backup(config, client, predicted)
-        if stopped is not None:
-            return stopped
-    _learn_mounts(config, [health for health in results if health.healthy])
-    suppressed = False
-    for request in requests:
-        if any(library_of[key] in blocked_libraries for key in request.roots):
-            reasons = "; ".join(blocked[key].describe() for key in blocked if library_of[key] == request.library_id)
-            print(f"refresh suppressed: {request.describe()}: {reasons}")
-            suppressed = True
-            continue
-        if client is None:
-            print(f"dry run: would send {request.describe()}")
-            continue
-        if request.kind == "server" and not _wait_for_scan(config, client):
-            return EXIT_UNHEALTHY
-        send(client, request)
-        print(f"refresh sent: {request.describe()}")
-    return EXIT_UNHEALTHY if suppressed else EXIT_OK
-
-
-def _wait_for_scan(config: Config, client: JellyfinClient) -> bool:
-    """Wait (up to max_wait) for a running library scan to end: posting would cancel it."""
-    deadline = time.monotonic() + config.max_wait
-    while client.library_scan_running():
-        if time.monotonic() >= deadline:
-            print(f"refresh suppressed: a library scan was still running after {config.max_wait:g} s; not interrupting it")
-            return False
-        time.sleep(min(SCAN_RUNNING_RECHECK, max(0.0, deadline - time.monotonic())))
-    return True
-
-
-def _learn_mounts(config: Config, results: Sequence[Health]) -> None:
-    """Remember where the healthy roots live, as the daemon does."""
-    store = StateStore(config.state_dir)
-    saved = store.load()
-    learned = False
-    for health in results:
-        learned |= health.learn_into(saved)
-    if learned:
-        store.save(saved)
-
-
-def _run(config: Config, reload: Callable[[], tuple[Config, JellyfinClient | None]] | None = None) -> int:
-    client = None if config.dry_run else _client(config, "to refresh")
-    if config.roots:
-        _probe(config, config.roots)
-    elif client is None:
-        _resolve_roots(config, client)  # raises: nothing to watch
-    if config.dry_run:
-        logger.info("dry run: Jellyfin is never contacted")
-    holder = {"client": client}
-
-    def reloaded() -> tuple[Config, JellyfinClient | None]:
-        assert reload is not None
-        new_config, new_client = reload()
-        holder["client"] = new_client
-        return new_config, new_client
-
-    notifier = Notifier(os.environ)
-    service = Service(
-        config,
-        resolve_roots=lambda current: _resolve_roots(current, holder["client"]),
-        client=client,
-        store=StateStore(config.state_dir),
-        reload=reloaded if reload is not None else None,
-        notifier=notifier,
-    )
-
-    def stop(signum: int, frame: object) -> None:
-        service.request_stop()
-
-    def hangup(signum: int, frame: object) -> None:
-        service.request_reload()
-
-    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
-    try:
-        service.run()
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        notifier.close()
-        if holder["client"] is not None:
-            holder["client"].close()
-    return EXIT_OK
-
-
-def _status(config: Config, as_json: bool, quiet: bool) -> int:
-    document = status_file.read(config.state_dir)
-    if document is None or not status_file.daemon_running(document):
-        code = EXIT_SERVER
-    else:
-        code = EXIT_UNHEALTHY if status_file.needs_attention(document) else EXIT_OK
-    if quiet:
-        return code
-    if as_json:
-        # Scripts get JSON either way: the last known state, marked as not running.
-        print(json.dumps({**(document or {}), "running": code != EXIT_SERVER}, indent=1, sort_keys=True))
-        return code
-    if document is None or code == EXIT_SERVER:
-        where = config.state_dir / status_file.STATUS_FILE
-        if document is None:
-            print(f"not running: no status file at {where} (is the daemon using --state-dir {config.state_dir}?)")
-        else:
-            print(f"not running: pid {document.get('pid')} is gone; status file {where} is stale")
-        return code
-    print(status_file.render(document))
-    return code
-
-
-def _print_config(config: Config) -> int:
-    """The effective configuration as TOML-like lines, the key masked, each value followed
-    by where it was picked up (a flag, an environment variable, the file) unless default."""
-
-    def origin(name: str) -> str:
-        return f"  # from {config.sources[name]}" if name in config.sources else ""
-
-    print(f"# effective configuration ({config.config_file or 'no configuration file'})")
-    print(f"state_dir = {json.dumps(str(config.state_dir))}{origin('state_dir')}")
-    print(f"log_level = {json.dumps(config.log_level)}{origin('log_level')}")
-    print(f"log_format = {json.dumps(config.log_format)}{origin('log_format')}")
-    print(f"dry_run = {str(config.dry_run).lower()}{origin('dry_run')}")
-    print("\n[jellyfin]")
-    print(f"url = {json.dumps(config.url) + origin('url') if config.url else '# not set'}")
-    print(f"api_key = {json.dumps('********') + origin('api_key') if config.api_key else '# not set'}")
-    print(f"timeout = {config.request_timeout:g}")
-    # Keys added with the Jellyfin integration, where they differ from their defaults.
-    if config.server != "jellyfin":
-        print(f"server = {json.dumps(config.server)}")
-    if config.username is not None:
-        print(f"username = {json.dumps(config.username)}")
-        print(f"password = {json.dumps('********')}")
-    if isinstance(config.verify, str):
-        print(f"ca_bundle = {json.dumps(config.verify)}")
-    elif config.verify is False:
-        print("verify = false")
-    if config.library_interval != DEFAULT_LIBRARY_INTERVAL:
-        print(f"library_interval = {config.library_interval:g}")
-    print("\n[refresh]")
-    print(f"scope = {json.dumps(config.scope)}")
-    print(f"gate = {json.dumps(config.gate)}")
-    for mapping in config.path_map:
-        print("\n[[path_map]]")
-        print(f"jellyfin = {json.dumps(mapping.jellyfin)}")
-        print(f"local = {json.dumps(mapping.local)}")
-    print("\n[watch]")
-    for name in ("quiet_period", "max_wait", "probe_timeout", "backoff_max", "settle", "health_interval"):
-        print(f"{name} = {getattr(config, name):g}{origin(name)}")
-    print(f"ignore = {json.dumps(list(config.ignore))}")
-    if config.roots:
-        print(f"\n# roots{origin('roots')}")
-    for root in config.roots:
-        print("\n[[roots]]")
-        print(f"path = {json.dumps(str(root.path))}")
-        if root.mount is not None:
-            print(f"mount = {json.dumps(str(root.mount))}")
-    if not config.roots:
-        print("\n# roots: every location of every Jellyfin library")
-    return EXIT_OK

@@ -1,98 +1,74 @@
-"""Configuration: parsed and validated once into frozen dataclasses.
+"""Configuration: parsed and validated once into frozen section objects.
 
 Sources, highest precedence first: command-line flags, environment (``JELLYFIN_URL``,
-``JELLYFIN_API_KEY``, ``JELLYFIN_API_KEY_FILE``), the TOML file, defaults. The API key is
-never taken from the command line (it would show in ``ps`` and in shell history): only
-from the environment, a key file, a systemd credential or the configuration file.
+``JELLYFIN_API_KEY``, ``JELLYFIN_API_KEY_FILE``, ``JELLYFIN_WATCHER_NOTIFY_URLS``, systemd
+credentials), the TOML file, defaults. The API key is never taken from the command line (it
+would show in ``ps`` and in shell history).
 
-Every error is a :class:`~watcher.errors.ConfigError` whose message names the file, the
-key and what is expected, e.g. ``config.toml: watch.quiet_period: expected seconds ≥ 0,
-got "abc"``.
+The file's sections are value objects (:class:`JellyfinSettings`, :class:`WatchSettings`, …)
+whose fields carry their own schema — TOML key, parser, flag, environment variable, what it
+means — so that loading, the unknown-key check, ``config --print`` and the documentation test
+all read one description. Fixed choices are enums (``refresh.scope`` is a :class:`Scope`).
+
+Every error is a :class:`~watcher.errors.ConfigError` whose message names the file, the key
+and what is expected, e.g. ``config.toml: watch.quiet_period: expected seconds ≥ 0, got
+"abc"``.
 """
 
 from __future__ import annotations
 
 import difflib
+import enum
+import json
 import logging
 import os
+import re
 import tomllib
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 
 from watcher.errors import ConfigError
+from watcher.paths import within
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "jellyfin-watcher"
-
-DEFAULT_QUIET_PERIOD = 30.0
-"""Seconds without a relevant event after which a batch is due."""
-DEFAULT_MAX_WAIT = 600.0
-"""Seconds after a batch's first event after which it is due even if events keep coming."""
-DEFAULT_PROBE_TIMEOUT = 5.0
-"""Seconds a root's filesystem probe may take before the root counts as unresponsive."""
-DEFAULT_REQUEST_TIMEOUT = 30.0
-"""Seconds any one HTTP request to Jellyfin may take."""
-DEFAULT_BACKOFF_MAX = 300.0
-"""Upper bound, in seconds, of the delay between retries of a refresh that failed."""
-DEFAULT_SETTLE = 10.0
-"""Seconds a root that came back must stay healthy before it is watched again."""
-DEFAULT_HEALTH_INTERVAL = 60.0
-"""Seconds between periodic health checks (mount changes trigger one at once on Linux)."""
-DEFAULT_POLL_INTERVAL = 60.0
-"""Seconds between polling cycles of a root watched by polling."""
-DEFAULT_NETWORK_FSTYPES: tuple[str, ...] = (
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "9p",
-    "afs",
-    "ceph",
-    "glusterfs",
-    "davfs",
-    "fuse.sshfs",
-    "fuse.rclone",
-    "fuse.s3fs",
-    "fuse.gvfsd-fuse",
-    "fuse.smbnetfs",
-)
-"""Filesystem types (mount table) whose remote changes inotify cannot see: polled in mode auto."""
-MODES = ("auto", "events", "poll")
-FALLBACKS = ("poll", "none")
-DEFAULT_LIBRARY_INTERVAL = 600.0
-"""Seconds between re-reads of Jellyfin's library list (new libraries watched, removed ones dropped)."""
-SCOPES = ("server", "library", "path")
-GATES = ("all", "library")
-SERVERS = ("jellyfin", "emby")
-DEFAULT_LOG_LEVEL = "info"
-DEFAULT_SERVER_VIEW_TIMEOUT = 15.0
-"""Seconds Jellyfin may take to list one folder (``GET /Environment/DirectoryContents``) before it
-counts as unresponsive; the same bound holds for this machine's listing of the folder."""
-DEFAULT_IN_FLIGHT = 60.0
-"""Seconds during which a new entry here may still be missing from Jellyfin's view (a copy in flight)."""
-DEFAULT_BACKUP_MIN_REMOVALS = 10
-"""A refresh predicted to remove at least this many items is preceded by a Jellyfin backup."""
-DEFAULT_BACKUP_TIMEOUT = 1800.0
-"""Seconds ``POST /Backup/Create`` may take: Jellyfin answers only once the archive is written."""
-BACKUP_CONTENTS = ("database", "metadata", "trickplay", "subtitles")
-"""Keys of ``[backup]`` naming what an archive holds (``BackupOptionsDto``: Database, Metadata,
-Trickplay, Subtitles)."""
-LOG_FORMATS = ("text", "json")
 SYSTEM_STATE_DIR = Path("/var/lib/jellyfin-watcher")
 CREDENTIAL_NAME = "jellyfin-api-key"
 """File name of the API key in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
+NOTIFY_CREDENTIAL_NAME = "jellyfin-watcher-notify-urls"
+"""File name of the notification URLs in ``$CREDENTIALS_DIRECTORY`` (one per line)."""
+NOTIFY_URLS_VARIABLE = "JELLYFIN_WATCHER_NOTIFY_URLS"
+"""Environment variable holding notification URLs, separated by white space."""
+
+DEFAULT_NETWORK_FSTYPES: tuple[str, ...] = (
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "davfs",
+    "fuse.sshfs", "fuse.rclone", "fuse.s3fs", "fuse.gvfsd-fuse", "fuse.smbnetfs",
+)
+"""Filesystem types (mount table) whose remote changes inotify cannot see: polled in mode auto."""
+DEFAULT_LIST_FSTYPES: tuple[str, ...] = ("fuse.rclone", "fuse.s3fs", "fuse.goofys", "fuse.gcsfuse")
+"""Filesystem types whose folder modification time does not follow the folder's contents
+when they change on the server: a polling cycle lists every folder (``poll = "list"``) and
+mode auto polls them. Sources: rclone mount (measured with ``rclone serve webdav``: a
+folder's mtime never changes through the mount when files are added on the server); s3fs
+(s3fs-fuse issue #2048: folder mtimes are fixed); goofys (kahing/goofys issue #219: the
+parent's mtime is not updated); gcsfuse (docs/semantics.md: folders are object-name
+prefixes, so adding an object changes no folder object)."""
+BACKUP_CONTENTS = ("database", "metadata", "trickplay", "subtitles")
+"""Keys of ``[backup]`` naming what an archive holds (``BackupOptionsDto``: Database, Metadata,
+Trickplay, Subtitles)."""
 
 DEFAULT_IGNORE: tuple[str, ...] = (
     # Partial and temporary downloads.
     "*.part",
     "*.partial",
+    "*.partial~",  # Sonarr and Radarr copy through <name>.partial~ ...
+    "*.backup~",  # ... and keep the replaced file as <name>.backup~
     "*.!qB",
     "*.!ut",
     "*.crdownload",
@@ -131,7 +107,78 @@ DEFAULT_IGNORE: tuple[str, ...] = (
 """Patterns matched (case-insensitively, shell-style) against every component of a path
 below a root; an event whose every path has a matching component is ignored."""
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# --- fixed choices ----------------------------------------------------------------------------
+
+
+class Choice(enum.StrEnum):
+    """A fixed choice: compares equal to its TOML spelling."""
+
+
+class ServerKind(Choice):
+    JELLYFIN = "jellyfin"
+    EMBY = "emby"
+
+
+class Scope(Choice):
+    """What one refresh asks Jellyfin to scan (:mod:`watcher.core.scope`)."""
+
+    SERVER = "server"
+    LIBRARY = "library"
+    PATH = "path"
+
+
+class Gate(Choice):
+    """Which roots must be healthy for a refresh (:mod:`watcher.core.gate`)."""
+
+    ALL = "all"
+    LIBRARY = "library"
+
+
+class GuardWhen(Choice):
+    """When the loss guard predicts: before every refresh, or after removals only."""
+
+    ALWAYS = "always"
+    REMOVALS = "removals"
+
+
+class Mode(Choice):
+    """How a root is watched: ``events`` (inotify), ``poll``, or ``auto`` (poll network
+    filesystems, events elsewhere)."""
+
+    AUTO = "auto"
+    EVENTS = "events"
+    POLL = "poll"
+
+
+class PollMethod(Choice):
+    """How a polling cycle finds changes: ``mtime`` (list the folders whose modification time
+    changed) or ``list`` (list every folder: where folder times do not follow their contents)."""
+
+    MTIME = "mtime"
+    LIST = "list"
+
+
+class Fallback(Choice):
+    """What to do when inotify cannot watch every folder of a root: ``poll`` it, or ``none``."""
+
+    POLL = "poll"
+    NONE = "none"
+
+
+class LogLevel(Choice):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(Choice):
+    TEXT = "text"
+    JSON = "json"
+
+
+# --- values -----------------------------------------------------------------------------------
 
 
 class Secret:
@@ -175,12 +222,12 @@ class Root:
     library_id: str | None = None
     """Jellyfin's ``ItemId`` of the library this root belongs to (32 hex digits), if known."""
     library_name: str | None = None
-    mode: str = "auto"
-    """``events`` (inotify), ``poll``, or ``auto``: poll network filesystems, events elsewhere."""
+    mode: Mode = Mode.AUTO
     poll_interval: float | None = None
     """Seconds between polling cycles; None: ``watch.poll_interval``."""
-    fallback: str = "poll"
-    """What to do when inotify cannot watch every folder: ``poll`` the root, or ``none``."""
+    fallback: Fallback = Fallback.POLL
+    poll: PollMethod | None = None
+    """None: ``list`` on the filesystem types of ``watch.list_fstypes``, else ``mtime``."""
     health_gate: bool = True
     """False: this root's health is reported but never holds a refresh back (the loss
     guard still applies)."""
@@ -196,62 +243,299 @@ class PathMapping:
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
-    """The effective configuration. Times are in seconds."""
+class LibraryLimits:
+    """The loss guard's limits for one library (``[guard.libraries.NAME]``)."""
 
-    url: str | None = None
-    api_key: Secret | None = None
-    server: str = "jellyfin"
-    username: str | None = None
-    password: Secret | None = None
-    verify: bool | str = True
-    """TLS verification: True, False, or the path of a CA bundle (``ca_bundle``)."""
-    library_interval: float = DEFAULT_LIBRARY_INTERVAL
-    scope: str = "server"
-    gate: str = "all"
-    path_map: tuple[PathMapping, ...] = ()
-    guard: bool = True
-    """Predict removals before a refresh and refuse a mass removal."""
-    max_removals: int = 20
-    max_removal_share: float = 0.05
-    """A fraction (0.05 = 5 %); the TOML key ``guard.max_share`` is in percent."""
-    library_limits: tuple[tuple[str, int, float], ...] = ()
-    """Per-library overrides: (library name, max_removals, max share as a fraction)."""
-    guard_timeout: float = 60.0
-    """Seconds the existence check of one library's files may take before the prediction
-    counts as unresponsive."""
-    server_view: bool = True
-    """Before each refresh, list each root (and each mount point below it) as Jellyfin sees it
-    and hold the refresh when Jellyfin's view is missing, empty or disagrees (``[server_view]``)."""
-    server_view_timeout: float = DEFAULT_SERVER_VIEW_TIMEOUT
-    server_view_in_flight: float = DEFAULT_IN_FLIGHT
-    backup: bool = True
-    """Ask Jellyfin (10.11+) for a backup before a refresh that removes items (``[backup]``)."""
-    backup_min_removals: int = DEFAULT_BACKUP_MIN_REMOVALS
-    backup_timeout: float = DEFAULT_BACKUP_TIMEOUT
-    backup_contents: tuple[str, ...] = ("database",)
-    """What the archive holds: names from :data:`BACKUP_CONTENTS`."""
-    backup_hold_on_failure: bool = True
-    """A failed backup holds the refresh (False: log it and refresh without one)."""
+    name: str
+    max_removals: int
+    max_share: float
+    """A fraction (0.05 = 5 %)."""
+
+
+# --- parsers: (value from TOML or a flag, where it came from) -> the typed value ----------------
+
+_T = TypeVar("_T")
+Parser = Callable[[Any, str], Any]
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def seconds(minimum: float = 0.0) -> Parser:
+    def parse(value: Any, source: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {_type_name(value)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {value!r}") from None
+        if not number >= minimum or number == float("inf"):
+            raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {value!r}")
+        return number
+
+    return parse
+
+
+def boolean(value: Any, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: expected true or false, got {value!r}")
+    return value
+
+
+def string(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: expected a non-empty string, got {_type_name(value)}")
+    return value
+
+
+def strings(value: Any, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{source}: expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def count(value: Any, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{source}: expected a whole number of items ≥ 0, got {value!r}")
+    return value
+
+
+def percent(value: Any, source: str) -> float:
+    """A percentage in the file, a fraction in the program (5 → 0.05)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ConfigError(f"{source}: expected a percentage from 0 to 100, got {value!r}")
+    return float(value) / 100
+
+
+def choice(kind: type[Choice]) -> Parser:
+    def parse(value: Any, source: str) -> Choice:
+        names = [member.value for member in kind]
+        if not isinstance(value, str) or value.lower() not in names:
+            raise ConfigError(f"{source}: expected one of {', '.join(names)}, got {value!r}")
+        return kind(value.lower())
+
+    return parse
+
+
+def url(value: Any, source: str) -> str:
+    text = string(value, source).strip()
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{source}: expected an http:// or https:// URL such as http://localhost:8096, got {text!r}")
+    return text.rstrip("/")
+
+
+def path(value: Any, source: str) -> Path:
+    return Path(string(value, source)).expanduser()
+
+
+# --- the schema: each setting's field carries its description -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """One setting's schema: its TOML ``key``, ``parse``r, command-line ``flag`` and
+    ``env``ironment variable (if any), what it means (``doc``); ``custom``: loaded and shown
+    by hand (a secret, several keys); ``keys``: the TOML keys a custom setting reads; ``show``:
+    its value as TOML for ``config --print``."""
+
+    key: str
+    parse: Parser | None = None
+    doc: str = ""
+    flag: str | None = None
+    env: str | None = None
+    custom: bool = False
+    keys: tuple[str, ...] = ()
+    show: Callable[[Any], list[str]] | None = None
+
+
+def setting(default: Any, parse: Parser | None, doc: str, *, key: str = "", flag: str | None = None,
+            env: str | None = None, custom: bool = False, keys: tuple[str, ...] = (),
+            show: Callable[[Any], list[str]] | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A section field with its schema (:class:`Describe`; ``key`` defaults to the field's name)."""
+    describe = Describe(key, parse, doc, flag, env, custom, keys, show)
+    if factory is not None:
+        return field(default_factory=factory, metadata={"describe": describe})
+    return field(default=default, metadata={"describe": describe})
+
+
+def described(section: type[Any]) -> Iterator[tuple[Field[Any], Describe]]:
+    """Each field of ``section`` with its schema (the key filled in)."""
+    for item in fields(section):
+        describe: Describe | None = item.metadata.get("describe")
+        if describe is not None:
+            yield item, replace(describe, key=describe.key or item.name)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return json.dumps([str(item) for item in value], ensure_ascii=False)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _masked(value: Any) -> list[str]:
+    return [f"= {json.dumps('********')}"] if value is not None else []
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JellyfinSettings:
+    """``[jellyfin]``: where the server is and how to talk to it."""
+
+    url: str | None = setting(None, url, "Jellyfin's URL, http:// or https://, with the reverse-proxy prefix if any",
+                              flag="url", env="JELLYFIN_URL")
+    api_key: Secret | None = setting(None, None, "the API key (Dashboard → API Keys)", custom=True,
+                                     keys=("api_key", "api_key_file"), show=_masked)
+    server: ServerKind = setting(ServerKind.JELLYFIN, choice(ServerKind), "emby for an Emby server (best effort)")
+    username: str | None = setting(None, string, "log in as this user instead of using an API key (needs password_file)")
+    password: Secret | None = setting(None, None, "that user's password", custom=True, keys=("password_file",),
+                                      show=_masked)
+    verify: bool | str = setting(True, None, "TLS verification: true, false, or a CA bundle (ca_bundle)", custom=True,
+                                 keys=("verify", "ca_bundle"),
+                                 show=lambda value: ([f"ca_bundle = {toml_value(value)}"] if isinstance(value, str)
+                                                     else [f"verify = {toml_value(value)}"]))
+    timeout: float = setting(30.0, seconds(1.0), "seconds for each HTTP request")
+    library_interval: float = setting(600.0, seconds(1.0), "seconds between re-reads of Jellyfin's libraries")
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSettings:
+    """``[refresh]``: what a refresh scans, and which roots must be healthy for it."""
+
+    scope: Scope = setting(Scope.SERVER, choice(Scope), "server, library or path")
+    gate: Gate = setting(Gate.ALL, choice(Gate), "all, or library (with scope library or path)")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """``[guard]``: the loss guard (:mod:`watcher.guard`)."""
+
+    enabled: bool = setting(True, boolean, "predict what a scan would remove and refuse a mass removal")
+    when: GuardWhen = setting(GuardWhen.ALWAYS, choice(GuardWhen),
+                              "always: before every refresh; removals: only after a deletion, a move or an unmount")
+    max_removals: int = setting(20, count, "refuse when more than this many items would go …")
+    max_share: float = setting(0.05, percent, "… and more than this share of a library (percent in the file)",
+                               show=lambda value: [f"max_share = {value * 100:g}"])
+    timeout: float = setting(60.0, seconds(0.1), "seconds the existence check of one library's files may take")
+    libraries: tuple[LibraryLimits, ...] = setting((), None, "per-library limits: [guard.libraries.NAME]", custom=True,
+                                                   keys=("libraries",), show=lambda value: [])
+
+    def limits_for(self, library_name: str) -> tuple[int, float]:
+        """(max removals, max share as a fraction) for a library: its own limits or the defaults."""
+        for limits in self.libraries:
+            if limits.name == library_name:
+                return limits.max_removals, limits.max_share
+        return self.max_removals, self.max_share
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """``[watch]``: watching, debouncing, probing, polling."""
+
+    quiet_period: float = setting(30.0, seconds(), "seconds without a relevant change before a batch is due",
+                                  flag="quiet_period")
+    max_wait: float = setting(600.0, seconds(), "seconds after a batch's first change when it is due at the latest",
+                              flag="max_wait")
+    probe_timeout: float = setting(5.0, seconds(0.1), "seconds a root's probe may take before it is unresponsive",
+                                   flag="probe_timeout")
+    backoff_max: float = setting(300.0, seconds(1.0), "upper bound of the delay between retries of a failed refresh")
+    settle: float = setting(10.0, seconds(), "seconds a root that came back must stay healthy before it is watched again")
+    health_interval: float = setting(60.0, seconds(0.1), "seconds between periodic health checks of every root")
+    max_write_wait: float = setting(3600.0, seconds(), "seconds a file still being written may hold its batch back")
+    poll_interval: float = setting(60.0, seconds(0.1), "seconds between polling cycles of a polled root")
+    network_fstypes: tuple[str, ...] = setting(DEFAULT_NETWORK_FSTYPES, strings,
+                                               "filesystem types polled in mode auto (remote changes unseen by inotify)")
+    list_fstypes: tuple[str, ...] = setting(DEFAULT_LIST_FSTYPES, strings,
+                                            "filesystem types whose polling lists every folder (folder times lie)")
+    ignore: tuple[str, ...] = setting(DEFAULT_IGNORE, None, "patterns of paths to ignore", custom=True,
+                                      keys=("ignore", "default_ignore"),
+                                      show=lambda value: [f"ignore = {toml_value(value)}"])
+
+
+@dataclass(frozen=True, slots=True)
+class ServerViewSettings:
+    """``[server_view]``: Jellyfin's view of the roots, compared before each refresh."""
+
+    enabled: bool = setting(True, boolean, "compare Jellyfin's view of each root with this machine's (off for Emby)")
+    timeout: float = setting(15.0, seconds(0.1), "seconds one listing may take (longer: unresponsive, held)")
+    in_flight: float = setting(60.0, seconds(), "seconds a new entry here may still be missing from Jellyfin's view")
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSettings:
+    """``[backup]``: a Jellyfin backup (10.11+) before a refresh that removes items."""
+
+    enabled: bool = setting(True, boolean, "ask Jellyfin for a backup before a refresh that removes items")
+    min_removals: int = setting(10, count, "a refresh predicted to remove at least this many items gets a backup first")
+    timeout: float = setting(1800.0, seconds(1.0), "seconds the backup may take")
+    hold_on_failure: bool = setting(True, boolean, "a failed backup holds the refresh")
+    contents: tuple[str, ...] = setting(("database",), None, "what the archive holds", custom=True, keys=BACKUP_CONTENTS,
+                                        show=lambda value: [f"{name} = {toml_value(name in value)}"
+                                                            for name in BACKUP_CONTENTS])
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """``[notify]``: notifications through apprise URLs (they hold tokens: secrets)."""
+
+    urls: tuple[Secret, ...] = setting((), None, "apprise URLs", custom=True, keys=("urls", "urls_file"),
+                                       show=lambda value: [f"urls = {json.dumps([masked_url(u.reveal()) for u in value])}"]
+                                       if value else [])
+    after: float = setting(900.0, seconds(), "seconds a held refresh or an unreachable Jellyfin lasts before it is sent")
+    rate_limit: float = setting(3600.0, seconds(), "seconds between two notifications of the same kind")
+    timeout: float = setting(10.0, seconds(0.5), "seconds one delivery to one URL may take")
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "jellyfin": JellyfinSettings,
+    "refresh": RefreshSettings,
+    "guard": GuardSettings,
+    "watch": WatchSettings,
+    "server_view": ServerViewSettings,
+    "backup": BackupSettings,
+    "notify": NotifySettings,
+}
+"""The file's tables, in the order ``config --print`` shows them."""
+
+ROOT_KEYS = ("path", "mount", "mode", "poll_interval", "fallback", "poll", "health_gate")
+PATH_MAP_KEYS = ("jellyfin", "local")
+LIBRARY_LIMIT_KEYS = ("max_removals", "max_share")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration: the file's sections, the roots and path map, and the
+    top-level settings. Times are in seconds."""
+
+    jellyfin: JellyfinSettings = field(default_factory=JellyfinSettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    server_view: ServerViewSettings = field(default_factory=ServerViewSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     roots: tuple[Root, ...] = ()
-    quiet_period: float = DEFAULT_QUIET_PERIOD
-    max_wait: float = DEFAULT_MAX_WAIT
-    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    backoff_max: float = DEFAULT_BACKOFF_MAX
-    settle: float = DEFAULT_SETTLE
-    health_interval: float = DEFAULT_HEALTH_INTERVAL
-    ignore: tuple[str, ...] = DEFAULT_IGNORE
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    network_fstypes: tuple[str, ...] = DEFAULT_NETWORK_FSTYPES
-    state_dir: Path = field(default_factory=lambda: default_state_dir({}))
-    dry_run: bool = False
-    log_level: str = DEFAULT_LOG_LEVEL
-    log_format: str = "text"
+    path_map: tuple[PathMapping, ...] = ()
+    state_dir: Path = setting(SYSTEM_STATE_DIR, path, "pending batch, learned mount points, status", flag="state_dir")
+    """Loading puts :func:`default_state_dir` here when none is configured."""
+    dry_run: bool = setting(False, boolean, "never contact Jellyfin; log the refresh that would be sent", flag="dry_run")
+    log_level: LogLevel = setting(LogLevel.INFO, choice(LogLevel), "debug, info, warning or error", flag="log_level")
+    log_format: LogFormat = setting(LogFormat.TEXT, choice(LogFormat), "text, or json: one object per line",
+                                    flag="log_format")
     config_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
-    """Where each value that did not come from the defaults was picked up (a flag, an
-    environment variable, ``file: key``), by setting name."""
+    """Where each setting that did not come from the defaults was picked up (a flag, an
+    environment variable, ``file: key``), by dotted key (``watch.quiet_period``)."""
 
     def map_path(self, jellyfin_path: str) -> Path:
         """Translate a path as Jellyfin sees it to the path on this machine.
@@ -264,70 +548,32 @@ class Config:
         """The reverse of :meth:`map_path`: a local path as Jellyfin sees it."""
         return _translate(local_path, [(m.local, m.jellyfin) for m in self.path_map])
 
-    def limits_for(self, library_name: str) -> tuple[int, float]:
-        """(max removals, max share) for a library: its own limits or the defaults."""
-        for name, count, share in self.library_limits:
-            if name == library_name:
-                return count, share
-        return self.max_removals, self.max_removal_share
-
     def is_mapped(self, jellyfin_path: str) -> bool:
         """Whether some ``path_map`` entry covers ``jellyfin_path``."""
-        return any(_within(jellyfin_path, m.jellyfin) for m in self.path_map)
+        return any(within(jellyfin_path, m.jellyfin) for m in self.path_map)
 
 
-def _within(path: str, folder: str) -> bool:
-    path = path.rstrip("/") or "/"
-    return folder == "/" or path == folder or path.startswith(folder + "/")
-
-
-def _translate(path: str, pairs: list[tuple[str, str]]) -> str:
-    """Replace the longest matching ``from`` prefix of ``path`` with its ``to``."""
-    normal = os.path.normpath(path) if path else path
-    best = max((pair for pair in pairs if _within(normal, pair[0])), key=lambda pair: len(pair[0]), default=None)
+def _translate(path_text: str, pairs: list[tuple[str, str]]) -> str:
+    """Replace the longest matching ``from`` prefix of ``path_text`` with its ``to``."""
+    normal = os.path.normpath(path_text) if path_text else path_text
+    best = max((pair for pair in pairs if within(normal, pair[0])), key=lambda pair: len(pair[0]), default=None)
     if best is None:
         return normal
     rest = normal[len(best[0]) :].lstrip("/") if best[0] != "/" else normal.lstrip("/")
     return os.path.join(best[1], rest) if rest else best[1]
 
 
-# --- Schema of the TOML file -------------------------------------------------------------
-
-_TOP_KEYS = {
-    "state_dir", "log_level", "log_format", "dry_run", "jellyfin", "watch", "refresh", "guard", "roots", "path_map",
-    "server_view", "backup",
-}
-_SERVER_VIEW_KEYS = {"enabled", "timeout", "in_flight"}
-_BACKUP_KEYS = {"enabled", "min_removals", "timeout", "hold_on_failure", *BACKUP_CONTENTS}
-_GUARD_KEYS = {"enabled", "max_removals", "max_share", "timeout", "libraries"}
-_LIBRARY_LIMIT_KEYS = {"max_removals", "max_share"}
-_JELLYFIN_KEYS = {
-    "url",
-    "api_key",
-    "api_key_file",
-    "timeout",
-    "server",
-    "username",
-    "password_file",
-    "ca_bundle",
-    "verify",
-    "library_interval",
-}
-_REFRESH_KEYS = {"scope", "gate"}
-_PATH_MAP_KEYS = {"jellyfin", "local"}
-_WATCH_KEYS = {
-    "quiet_period",
-    "max_wait",
-    "probe_timeout",
-    "backoff_max",
-    "settle",
-    "health_interval",
-    "poll_interval",
-    "network_fstypes",
-    "ignore",
-    "default_ignore",
-}
-_ROOT_KEYS = {"path", "mount", "mode", "poll_interval", "fallback", "health_gate"}
+def known_keys() -> dict[str, tuple[str, ...]]:
+    """Every key the file may hold, by table (``""``: the top level; ``roots``, ``path_map``,
+    ``guard.libraries.*``: the keys of each entry)."""
+    keys: dict[str, tuple[str, ...]] = {}
+    for name, section in SECTIONS.items():
+        keys[name] = tuple(key for _, describe in described(section) for key in (describe.keys or (describe.key,)))
+    keys[""] = (*(describe.key for _, describe in described(Config)), *SECTIONS, "roots", "path_map")
+    keys["roots"] = ROOT_KEYS
+    keys["path_map"] = PATH_MAP_KEYS
+    keys["guard.libraries.*"] = LIBRARY_LIMIT_KEYS
+    return keys
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -354,7 +600,10 @@ def default_config_file(environ: Mapping[str, str]) -> Path | None:
         Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "config.toml",
         Path("/etc") / APP_NAME / "config.toml",
     )
-    return next((path for path in candidates if path.is_file()), None)
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+# --- loading ----------------------------------------------------------------------------------
 
 
 def load(
@@ -375,208 +624,166 @@ def load(
     if config_file is not None:
         where = str(config_file)
         data = _read_toml(config_file)
-    _check_keys(data, _TOP_KEYS, where, "")
-    jellyfin = _table(data, "jellyfin", where)
-    watch = _table(data, "watch", where)
-    refresh = _table(data, "refresh", where)
-    guard = _table(data, "guard", where)
-    _check_keys(guard, _GUARD_KEYS, where, "guard.")
-    _check_keys(jellyfin, _JELLYFIN_KEYS, where, "jellyfin.")
-    _check_keys(refresh, _REFRESH_KEYS, where, "refresh.")
-    _check_keys(watch, _WATCH_KEYS, where, "watch.")
-    server_view = _table(data, "server_view", where)
-    backup = _table(data, "backup", where)
-    _check_keys(server_view, _SERVER_VIEW_KEYS, where, "server_view.")
-    _check_keys(backup, _BACKUP_KEYS, where, "backup.")
-
+    keys = known_keys()
+    _check_keys(data, set(keys[""]), where, "")
+    tables = {name: _table(data, name, where) for name in SECTIONS}
+    for name, table in tables.items():
+        _check_keys(table, set(keys[name]), where, f"{name}.")
     sources: dict[str, str] = {}
 
-    def pick(flag: str, env: str | None, table: Mapping[str, Any], key: str) -> tuple[Any, str]:
-        if flags.get(flag) is not None:
-            value, source = flags[flag], f"--{flag.replace('_', '-')}"
-        elif env is not None and environ.get(env):
-            value, source = environ[env], env
-        elif key in table:
-            value, source = table[key], f"{where}: {_qualified(table, data, key)}"
-        else:
-            return None, ""
-        sources[flag] = source
-        return value, source
+    def generic(section: type[_T], table: Mapping[str, Any], prefix: str, defaults: Mapping[str, Any] = {}) -> _T:
+        values: dict[str, Any] = {}
+        for item, describe in described(section):
+            if describe.custom:
+                continue
+            dotted = f"{prefix}{describe.key}"
+            if describe.flag is not None and flags.get(describe.flag) is not None:
+                value, source = flags[describe.flag], f"--{describe.flag.replace('_', '-')}"
+            elif describe.env is not None and environ.get(describe.env):
+                value, source = environ[describe.env], describe.env
+            elif describe.key in table:
+                value, source = table[describe.key], f"{where}: {dotted}"
+            else:
+                if item.name in defaults:
+                    values[item.name] = defaults[item.name]
+                continue
+            assert describe.parse is not None
+            values[item.name] = describe.parse(value, source)
+            sources[dotted] = source
+        return section(**values)
 
-    url_value, url_source = pick("url", "JELLYFIN_URL", jellyfin, "url")
-    url = None if url_value is None else _url(url_value, url_source)
-
-    roots = _roots(flags.get("roots") or (), data.get("roots"), where)
-
-    ignore_extra = _string_list(watch.get("ignore", []), f"{where}: watch.ignore")
-    default_ignore = _bool(watch.get("default_ignore", True), f"{where}: watch.default_ignore")
-    ignore = (DEFAULT_IGNORE if default_ignore else ()) + ignore_extra
-
-    def seconds(flag: str, key: str, default: float, minimum: float = 0.0) -> float:
-        value, source = pick(flag, None, watch, key)
-        if value is None:
-            return default
-        return _seconds(value, source, minimum)
-
-    quiet_period = seconds("quiet_period", "quiet_period", DEFAULT_QUIET_PERIOD)
-    max_wait = seconds("max_wait", "max_wait", DEFAULT_MAX_WAIT)
-    probe_timeout = seconds("probe_timeout", "probe_timeout", DEFAULT_PROBE_TIMEOUT, minimum=0.1)
-    backoff_max = seconds("backoff_max", "backoff_max", DEFAULT_BACKOFF_MAX, minimum=1.0)
-    settle = seconds("settle", "settle", DEFAULT_SETTLE)
-    health_interval = seconds("health_interval", "health_interval", DEFAULT_HEALTH_INTERVAL, minimum=0.1)
-    poll_interval = seconds("poll_interval", "poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.1)
-    network_fstypes = DEFAULT_NETWORK_FSTYPES
-    if "network_fstypes" in watch:
-        network_fstypes = _string_list(watch["network_fstypes"], f"{where}: watch.network_fstypes")
-    request_timeout = DEFAULT_REQUEST_TIMEOUT
-    if "timeout" in jellyfin:
-        request_timeout = _seconds(jellyfin["timeout"], f"{where}: jellyfin.timeout", 1.0)
-
-    state_value, state_source = pick("state_dir", None, data, "state_dir")
-    if state_value is None:
-        state_dir = default_state_dir(environ)
-    else:
-        state_dir = Path(_string(state_value, state_source)).expanduser()
-
-    dry_value, dry_source = pick("dry_run", None, data, "dry_run")
-    dry_run = bool(dry_value) if dry_source.startswith("--") else _bool(dry_value or False, dry_source)
-
-    level_value, level_source = pick("log_level", None, data, "log_level")
-    log_level = DEFAULT_LOG_LEVEL
-    if level_value is not None:
-        log_level = _string(level_value, level_source).lower()
-        if log_level not in LOG_LEVELS:
-            raise ConfigError(f"{level_source}: expected one of {', '.join(LOG_LEVELS)}, got {level_value!r}")
-
-    format_value, format_source = pick("log_format", None, data, "log_format")
-    log_format = "text"
-    if format_value is not None:
-        log_format = _string(format_value, format_source).lower()
-        if log_format not in LOG_FORMATS:
-            raise ConfigError(f"{format_source}: expected one of {', '.join(LOG_FORMATS)}, got {format_value!r}")
-
-    def choice(table: Mapping[str, Any], section: str, key: str, choices: tuple[str, ...]) -> str:
-        if key not in table:
-            return choices[0]
-        value = table[key]
-        if not isinstance(value, str) or value.lower() not in choices:
-            raise ConfigError(f"{where}: {section}.{key}: expected one of {', '.join(choices)}, got {value!r}")
-        return value.lower()
-
-    scope = choice(refresh, "refresh", "scope", SCOPES)
-    gate = choice(refresh, "refresh", "gate", GATES)
-    if gate == "library" and scope == "server":
+    jellyfin_table = tables["jellyfin"]
+    api_key, sources["jellyfin.api_key"] = _api_key(flags, environ, jellyfin_table, where)
+    jellyfin = replace(
+        generic(JellyfinSettings, jellyfin_table, "jellyfin."),
+        api_key=api_key,
+        verify=_verify(jellyfin_table, where),
+        password=_password(jellyfin_table, where),
+    )
+    refresh = generic(RefreshSettings, tables["refresh"], "refresh.")
+    if refresh.gate is Gate.LIBRARY and refresh.scope is Scope.SERVER:
         raise ConfigError(
             f"{where}: refresh.gate = \"library\" needs refresh.scope = \"library\" or \"path\" "
             "(a server-wide refresh scans every library, so every root must be healthy)"
         )
-    server = choice(jellyfin, "jellyfin", "server", SERVERS)
-    max_removals = _count(guard.get("max_removals", 20), f"{where}: guard.max_removals")
-    max_removal_share = _percent(guard.get("max_share", 5), f"{where}: guard.max_share")
-    verify: bool | str = True
-    if "verify" in jellyfin:
-        verify = _bool(jellyfin["verify"], f"{where}: jellyfin.verify")
-    if "ca_bundle" in jellyfin:
-        if verify is False:
-            raise ConfigError(f"{where}: jellyfin.ca_bundle and jellyfin.verify = false contradict each other; keep one")
-        verify = str(Path(_string(jellyfin["ca_bundle"], f"{where}: jellyfin.ca_bundle")).expanduser())
-    username = None
-    password = None
-    if "username" in jellyfin:
-        username = _string(jellyfin["username"], f"{where}: jellyfin.username")
-        if "password_file" not in jellyfin:
-            raise ConfigError(f"{where}: jellyfin.username needs jellyfin.password_file (a file holding the password)")
-    if "password_file" in jellyfin:
-        if username is None:
-            raise ConfigError(f"{where}: jellyfin.password_file needs jellyfin.username")
-        source = f"{where}: jellyfin.password_file"
-        password = _read_key_file(Path(_string(jellyfin["password_file"], source)).expanduser(), source, "password")
-    library_interval = DEFAULT_LIBRARY_INTERVAL
-    if "library_interval" in jellyfin:
-        library_interval = _seconds(jellyfin["library_interval"], f"{where}: jellyfin.library_interval", 1.0)
-
-    api_key, sources["api_key"] = _api_key(flags, environ, jellyfin, where)
+    guard = generic(GuardSettings, tables["guard"], "guard.")
+    guard = replace(guard, libraries=_library_limits(tables["guard"].get("libraries", {}), where, guard))
+    watch = replace(generic(WatchSettings, tables["watch"], "watch."), ignore=_ignore(tables["watch"], where))
+    # Emby: its folder listing is untested here, so the check is off unless asked for.
+    server_view = generic(ServerViewSettings, tables["server_view"], "server_view.",
+                          {"enabled": jellyfin.server is not ServerKind.EMBY})
+    backup = replace(generic(BackupSettings, tables["backup"], "backup."),
+                     contents=_backup_contents(tables["backup"], where))
+    urls, sources["notify.urls"] = _notify_urls(environ, tables["notify"], where)
+    notify = replace(generic(NotifySettings, tables["notify"], "notify."), urls=urls)
+    top = generic(Config, data, "")
+    if "state_dir" not in sources:
+        top = replace(top, state_dir=default_state_dir(environ))
+    roots = _roots(flags.get("roots") or (), data.get("roots"), where)
     if roots and flags.get("roots"):
         sources["roots"] = "ROOT arguments"
     elif roots:
         sources["roots"] = f"{where}: [[roots]]"
-    return Config(
-        url=url,
-        api_key=api_key,
-        server=server,
-        username=username,
-        password=password,
-        verify=verify,
-        library_interval=library_interval,
-        scope=scope,
-        gate=gate,
-        path_map=_path_map(data.get("path_map"), where),
-        guard=_bool(guard.get("enabled", True), f"{where}: guard.enabled"),
-        max_removals=max_removals,
-        max_removal_share=max_removal_share,
-        library_limits=_library_limits(guard.get("libraries", {}), where, max_removals, max_removal_share),
-        guard_timeout=_seconds(guard.get("timeout", 60.0), f"{where}: guard.timeout", 0.1),
-        # Emby: its folder listing is untested here, so the check is off unless asked for.
-        server_view=_bool(server_view.get("enabled", server != "emby"), f"{where}: server_view.enabled"),
-        server_view_timeout=_seconds(server_view.get("timeout", DEFAULT_SERVER_VIEW_TIMEOUT),
-                                     f"{where}: server_view.timeout", 0.1),
-        server_view_in_flight=_seconds(server_view.get("in_flight", DEFAULT_IN_FLIGHT), f"{where}: server_view.in_flight", 0.0),
-        backup=_bool(backup.get("enabled", True), f"{where}: backup.enabled"),
-        backup_min_removals=_count(backup.get("min_removals", DEFAULT_BACKUP_MIN_REMOVALS), f"{where}: backup.min_removals"),
-        backup_timeout=_seconds(backup.get("timeout", DEFAULT_BACKUP_TIMEOUT), f"{where}: backup.timeout", 1.0),
-        backup_contents=_backup_contents(backup, where),
-        backup_hold_on_failure=_bool(backup.get("hold_on_failure", True), f"{where}: backup.hold_on_failure"),
+    return replace(
+        top,
+        jellyfin=jellyfin,
+        refresh=refresh,
+        guard=guard,
+        watch=watch,
+        server_view=server_view,
+        backup=backup,
+        notify=notify,
         roots=roots,
-        quiet_period=quiet_period,
-        max_wait=max_wait,
-        probe_timeout=probe_timeout,
-        request_timeout=request_timeout,
-        backoff_max=backoff_max,
-        settle=settle,
-        health_interval=health_interval,
-        ignore=ignore,
-        poll_interval=poll_interval,
-        network_fstypes=network_fstypes,
-        state_dir=state_dir,
-        dry_run=dry_run,
-        log_level=log_level,
-        log_format=log_format,
+        path_map=_path_map(data.get("path_map"), where),
         config_file=config_file,
         sources={key: value for key, value in sources.items() if value},
     )
 
 
-# --- Helpers -------------------------------------------------------------------------------
+# --- config --print: generated from the schema ---------------------------------------------------
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def print_lines(config: Config) -> list[str]:
+    """The effective configuration as TOML lines, every setting of every table, secrets
+    masked, each value that did not come from the defaults followed by where it was picked
+    up (``# from --quiet-period``)."""
+
+    def origin(dotted: str) -> str:
+        return f"  # from {config.sources[dotted]}" if dotted in config.sources else ""
+
+    def shown(value: Any, describe: Describe, dotted: str) -> list[str]:
+        if value is None and describe.show is None:
+            return [f"# {describe.key}: not set"]
+        if describe.show is None:
+            return [f"{describe.key} = {toml_value(value)}{origin(dotted)}"]
+        lines = describe.show(value)
+        if describe.show is _masked:
+            return [f"{describe.key} {lines[0]}{origin(dotted)}"] if lines else [f"# {describe.key}: not set"]
+        if not lines:
+            return [] if describe.key != "urls" else [f"# {describe.key}: not set (no notifications)"]
+        return [lines[0] + origin(dotted), *lines[1:]]
+
+    lines = [f"# effective configuration ({config.config_file or 'no configuration file'})"]
+    for item, describe in described(Config):
+        lines += shown(getattr(config, item.name), describe, describe.key)
+    for name in SECTIONS:
+        section = getattr(config, name)
+        lines += ["", f"[{name}]"]
+        for item, describe in described(type(section)):
+            lines += shown(getattr(section, item.name), describe, f"{name}.{describe.key}")
+        if name == "guard":
+            for limits in section.libraries:
+                lines += ["", f"[guard.libraries.{json.dumps(limits.name)}]", f"max_removals = {limits.max_removals}",
+                          f"max_share = {limits.max_share * 100:g}"]
+    for mapping in config.path_map:
+        lines += ["", "[[path_map]]", f"jellyfin = {toml_value(mapping.jellyfin)}", f"local = {toml_value(mapping.local)}"]
+    if not config.roots:
+        lines += ["", "# roots: every location of every Jellyfin library"]
+    elif "roots" in config.sources:
+        lines += ["", f"# roots{origin('roots')}"]
+    for root in config.roots:
+        lines += ["", "[[roots]]", f"path = {toml_value(str(root.path))}"]
+        defaults = Root(root.path)
+        for name in ROOT_KEYS[1:]:
+            value = getattr(root, name)
+            if value is not None and value != getattr(defaults, name):
+                lines.append(f"{name} = {toml_value(str(value) if isinstance(value, Path) else value)}")
+    return lines
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _read_toml(config_path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as file:
+        with config_path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found (check --config)") from None
+        raise ConfigError(f"{config_path}: configuration file not found (check --config)") from None
     except PermissionError:
-        raise ConfigError(f"{path}: permission denied reading the configuration file") from None
+        raise ConfigError(f"{config_path}: permission denied reading the configuration file") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a TOML configuration file") from None
+        raise ConfigError(f"{config_path}: is a directory, expected a TOML configuration file") from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+        raise ConfigError(f"{config_path}: not valid TOML: {error}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read the configuration file: {error}") from None
+        raise ConfigError(f"{config_path}: cannot read the configuration file: {error}") from None
 
 
 def _check_keys(table: Mapping[str, Any], known: set[str], where: str, prefix: str) -> None:
     unknown = sorted(set(table) - known)
     if not unknown:
         return
-    described = []
+    described_keys = []
     for key in unknown:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         name = f"{prefix}{key}" if key.isprintable() else repr(f"{prefix}{key}")
-        described.append(f"{name}{hint}")
+        described_keys.append(f"{name}{hint}")
     plural = "s" if len(unknown) > 1 else ""
-    raise ConfigError(f"{where}: unknown key{plural} {', '.join(described)}; known: {', '.join(prefix + k for k in sorted(known))}")
+    raise ConfigError(
+        f"{where}: unknown key{plural} {', '.join(described_keys)}; known: {', '.join(prefix + k for k in sorted(known))}"
+    )
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -586,60 +793,36 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _qualified(table: Mapping[str, Any], data: Mapping[str, Any], key: str) -> str:
-    for section in ("jellyfin", "watch"):
-        if table is data.get(section):
-            return f"{section}.{key}"
-    return key
+def _verify(jellyfin: Mapping[str, Any], where: str) -> bool | str:
+    """TLS verification: ``jellyfin.verify`` (true/false) or ``jellyfin.ca_bundle`` (a path)."""
+    verify: bool | str = True
+    if "verify" in jellyfin:
+        verify = boolean(jellyfin["verify"], f"{where}: jellyfin.verify")
+    if "ca_bundle" in jellyfin:
+        if verify is False:
+            raise ConfigError(f"{where}: jellyfin.ca_bundle and jellyfin.verify = false contradict each other; keep one")
+        verify = str(Path(string(jellyfin["ca_bundle"], f"{where}: jellyfin.ca_bundle")).expanduser())
+    return verify
 
 
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
-        type(value), type(value).__name__
-    )
+def _password(jellyfin: Mapping[str, Any], where: str) -> Secret | None:
+    if "username" in jellyfin and "password_file" not in jellyfin:
+        raise ConfigError(f"{where}: jellyfin.username needs jellyfin.password_file (a file holding the password)")
+    if "password_file" not in jellyfin:
+        return None
+    if "username" not in jellyfin:
+        raise ConfigError(f"{where}: jellyfin.password_file needs jellyfin.username")
+    source = f"{where}: jellyfin.password_file"
+    return _read_key_file(Path(string(jellyfin["password_file"], source)).expanduser(), source, "password")
 
 
-def _seconds(value: Any, source: str, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {_type_name(value)}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {value!r}") from None
-    if not number >= minimum or number == float("inf"):
-        raise ConfigError(f"{source}: expected seconds ≥ {minimum:g}, got {value!r}")
-    return number
+def _ignore(watch: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    extra = strings(watch.get("ignore", []), f"{where}: watch.ignore")
+    default_ignore = boolean(watch.get("default_ignore", True), f"{where}: watch.default_ignore")
+    return (DEFAULT_IGNORE if default_ignore else ()) + extra
 
 
-def _bool(value: Any, source: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{source}: expected true or false, got {value!r}")
-    return value
-
-
-def _string(value: Any, source: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{source}: expected a non-empty string, got {_type_name(value)}")
-    return value
-
-
-def _string_list(value: Any, source: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise ConfigError(f"{source}: expected a list of non-empty strings, got {value!r}")
-    return tuple(value)
-
-
-def _url(value: Any, source: str) -> str:
-    text = _string(value, source).strip()
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(
-            f"{source}: expected an http:// or https:// URL such as http://localhost:8096, got {text!r}"
-        )
-    return text.rstrip("/")
-
-
-def _tables(value: Any, name: str, keys: set[str], shape: str, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _tables(value: Any, name: str, keys: Sequence[str], shape: str, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """The entries of a ``[[name]]`` array of tables, each checked for unknown keys, with
     the ``source`` prefix its error messages use (``config.toml: roots[2]``)."""
     if value is None:
@@ -650,54 +833,46 @@ def _tables(value: Any, name: str, keys: set[str], shape: str, where: str) -> It
         source = f"{where}: {name}[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(f"{source}: expected a table with {shape}, got {_type_name(entry)}")
-        _check_keys(entry, keys, where, f"{name}[{index}].")
+        _check_keys(entry, set(keys), where, f"{name}[{index}].")
         yield source, entry
 
 
 def _roots(from_flags: Sequence[str], from_file: Any, where: str) -> tuple[Root, ...]:
     if from_flags:
-        return tuple(Root(Path(os.path.abspath(os.path.expanduser(path)))) for path in from_flags)
+        return tuple(Root(Path(os.path.abspath(os.path.expanduser(root)))) for root in from_flags)
     roots = []
-    for source, entry in _tables(from_file, "roots", _ROOT_KEYS, 'path = "..."', where):
+    for source, entry in _tables(from_file, "roots", ROOT_KEYS, 'path = "..."', where):
         if "path" not in entry:
             raise ConfigError(f"{source}: missing key path (the library folder to watch)")
-        path = Path(os.path.normpath(Path(_string(entry["path"], f"{source}.path")).expanduser()))
-        if not path.is_absolute():
-            raise ConfigError(f"{source}.path: expected an absolute path, got {str(path)!r}")
+        root = Path(os.path.normpath(Path(string(entry["path"], f"{source}.path")).expanduser()))
+        if not root.is_absolute():
+            raise ConfigError(f"{source}.path: expected an absolute path, got {str(root)!r}")
         mount = None
         if "mount" in entry:
-            mount = Path(os.path.normpath(Path(_string(entry["mount"], f"{source}.mount")).expanduser()))
+            mount = Path(os.path.normpath(Path(string(entry["mount"], f"{source}.mount")).expanduser()))
             if not mount.is_absolute():
                 raise ConfigError(f"{source}.mount: expected an absolute path, got {str(mount)!r}")
-            if not path.is_relative_to(mount):
-                raise ConfigError(f"{source}.mount: {mount} does not contain the root {path}")
-        mode = entry.get("mode", "auto")
-        if mode not in MODES:
-            raise ConfigError(f"{source}.mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        fallback = entry.get("fallback", "poll")
-        if fallback not in FALLBACKS:
-            raise ConfigError(f"{source}.fallback: expected one of {', '.join(FALLBACKS)}, got {fallback!r}")
-        interval = None
-        if "poll_interval" in entry:
-            interval = _seconds(entry["poll_interval"], f"{source}.poll_interval", 0.1)
-        health_gate = _bool(entry.get("health_gate", True), f"{source}.health_gate")
-        roots.append(Root(path, mount, mode=mode, poll_interval=interval, fallback=fallback, health_gate=health_gate))
+            if not root.is_relative_to(mount):
+                raise ConfigError(f"{source}.mount: {mount} does not contain the root {root}")
+        mode = choice(Mode)(entry.get("mode", "auto"), f"{source}.mode")
+        fallback = choice(Fallback)(entry.get("fallback", "poll"), f"{source}.fallback")
+        interval = seconds(0.1)(entry["poll_interval"], f"{source}.poll_interval") if "poll_interval" in entry else None
+        poll = None
+        if "poll" in entry:
+            value = entry["poll"]
+            if not isinstance(value, str) or value not in [method.value for method in PollMethod]:
+                raise ConfigError(
+                    f"{source}.poll: expected one of mtime, list (\"list\" where folder times do not follow "
+                    f"their contents, e.g. rclone), got {value!r}"
+                )
+            poll = PollMethod(value)
+        health_gate = boolean(entry.get("health_gate", True), f"{source}.health_gate")
+        roots.append(Root(root, mount, mode=mode, poll_interval=interval, fallback=fallback, poll=poll,
+                          health_gate=health_gate))
     return tuple(roots)
 
 
-def _count(value: Any, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{source}: expected a whole number of items ≥ 0, got {value!r}")
-    return value
-
-
-def _percent(value: Any, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-        raise ConfigError(f"{source}: expected a percentage from 0 to 100, got {value!r}")
-    return float(value) / 100
-
-
-def _library_limits(table: Any, where: str, count: int, share: float) -> tuple[tuple[str, int, float], ...]:
+def _library_limits(table: Any, where: str, guard: GuardSettings) -> tuple[LibraryLimits, ...]:
     """Per-library guard limits; a key left out takes the global value."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: guard.libraries: expected tables such as [guard.libraries.Movies]")
@@ -706,12 +881,12 @@ def _library_limits(table: Any, where: str, count: int, share: float) -> tuple[t
         source = f"{where}: guard.libraries.{name}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{source}: expected a table with max_removals and/or max_share")
-        _check_keys(entry, _LIBRARY_LIMIT_KEYS, where, f"guard.libraries.{name}.")
+        _check_keys(entry, set(LIBRARY_LIMIT_KEYS), where, f"guard.libraries.{name}.")
         limits.append(
-            (
+            LibraryLimits(
                 name,
-                _count(entry["max_removals"], f"{source}.max_removals") if "max_removals" in entry else count,
-                _percent(entry["max_share"], f"{source}.max_share") if "max_share" in entry else share,
+                count(entry["max_removals"], f"{source}.max_removals") if "max_removals" in entry else guard.max_removals,
+                percent(entry["max_share"], f"{source}.max_share") if "max_share" in entry else guard.max_share,
             )
         )
     return tuple(limits)
@@ -721,7 +896,7 @@ def _backup_contents(table: Mapping[str, Any], where: str) -> tuple[str, ...]:
     """What a backup archive holds: ``backup.database`` (default true) and ``backup.metadata``,
     ``backup.trickplay``, ``backup.subtitles`` (default false)."""
     chosen = tuple(
-        name for name in BACKUP_CONTENTS if _bool(table.get(name, name == "database"), f"{where}: backup.{name}")
+        name for name in BACKUP_CONTENTS if boolean(table.get(name, name == "database"), f"{where}: backup.{name}")
     )
     if not chosen:
         raise ConfigError(f"{where}: backup: every part is false; keep backup.database = true, or set backup.enabled = false")
@@ -730,12 +905,12 @@ def _backup_contents(table: Mapping[str, Any], where: str) -> tuple[str, ...]:
 
 def _path_map(entries: Any, where: str) -> tuple[PathMapping, ...]:
     mappings = []
-    for source, entry in _tables(entries, "path_map", _PATH_MAP_KEYS, 'jellyfin = "..." and local = "..."', where):
+    for source, entry in _tables(entries, "path_map", PATH_MAP_KEYS, 'jellyfin = "..." and local = "..."', where):
         pair = []
-        for key in ("jellyfin", "local"):
+        for key in PATH_MAP_KEYS:
             if key not in entry:
                 raise ConfigError(f"{source}: missing key {key}")
-            value = _string(entry[key], f"{source}.{key}")
+            value = string(entry[key], f"{source}.{key}")
             if not value.startswith("/"):
                 raise ConfigError(f"{source}.{key}: expected an absolute path, got {value!r}")
             pair.append(os.path.normpath(value))
@@ -762,7 +937,7 @@ def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Map
         raise ConfigError(f"{where}: jellyfin.api_key and jellyfin.api_key_file are both set; keep one")
     if "api_key_file" in jellyfin:
         source = f"{where}: jellyfin.api_key_file"
-        return _read_key_file(Path(_string(jellyfin["api_key_file"], source)).expanduser(), source), source
+        return _read_key_file(Path(string(jellyfin["api_key_file"], source)).expanduser(), source), source
     if "api_key" in jellyfin:
         value = jellyfin["api_key"]
         if not isinstance(value, str) or not value.strip():
@@ -771,26 +946,84 @@ def _api_key(flags: Mapping[str, Any], environ: Mapping[str, str], jellyfin: Map
     return None, ""
 
 
-def _read_key_file(path: Path, source: str, what: str = "API key") -> Secret:
+def _notify_urls(environ: Mapping[str, str], notify: Mapping[str, Any], where: str) -> tuple[tuple[Secret, ...], str]:
+    """The notification URLs: $JELLYFIN_WATCHER_NOTIFY_URLS (separated by white space), the
+    systemd credential, then notify.urls_file (one per line, ``#`` comments) or notify.urls.
+    Each is checked for the shape ``scheme://…`` only; whether apprise knows the scheme is
+    found out when it is used. No message ever shows a URL: they hold tokens."""
+    if environ.get(NOTIFY_URLS_VARIABLE, "").strip():
+        return _checked_urls(environ[NOTIFY_URLS_VARIABLE].split(), NOTIFY_URLS_VARIABLE), NOTIFY_URLS_VARIABLE
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / NOTIFY_CREDENTIAL_NAME).is_file():
+        source = "systemd credential"
+        text = _read_key_file(Path(credentials) / NOTIFY_CREDENTIAL_NAME, source, "notification URL").reveal()
+        return _checked_urls(_url_lines(text), source), source
+    if "urls_file" in notify and "urls" in notify:
+        raise ConfigError(f"{where}: notify.urls and notify.urls_file are both set; keep one")
+    if "urls_file" in notify:
+        source = f"{where}: notify.urls_file"
+        text = _read_key_file(Path(string(notify["urls_file"], source)).expanduser(), source, "notification URL").reveal()
+        return _checked_urls(_url_lines(text), source), source
+    if "urls" in notify:
+        source = f"{where}: notify.urls"
+        value = notify["urls"]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{source}: expected a list of apprise URLs such as [\"ntfy://ntfy.sh/TOPIC\"], got {_type_name(value)}")
+        return _checked_urls([item.strip() for item in value], source), source
+    return (), ""
+
+
+def _url_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _checked_urls(urls: Sequence[str], source: str) -> tuple[Secret, ...]:
+    for number, value in enumerate(urls, start=1):
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", value):
+            # The value is not shown: it may well hold a token.
+            raise ConfigError(
+                f"{source}: URL {number}: expected an apprise URL such as ntfy://ntfy.sh/TOPIC or "
+                "json://host:port/path (scheme://..., no spaces); the value is not shown, it may hold a token"
+            )
+    return tuple(Secret(value) for value in urls)
+
+
+def masked_url(value: str) -> str:
+    """``value`` (a URL) with its secret parts masked, to be shown: the scheme, and the host
+    (and port) when it looks like a host name or an address; user, password, path and query
+    become ``****``. Apprise puts tokens anywhere (``tgram://BOTTOKEN/CHAT``,
+    ``pover://USER@TOKEN``, ``ntfy://ntfy.sh/TOPIC``, where the topic is the secret), so
+    anything that is not plainly a host is hidden:
+    ``json://user:pw@127.0.0.1:8080/hook/abc`` → ``json://****@127.0.0.1:8080/****``.
+    """
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9+.-]*)://(?:([^/?#@]*)@)?([^/?#]*)(.*)", value.strip(), flags=re.DOTALL)
+    if match is None:
+        return "****"
+    scheme, user, host, rest = match.groups()
+    shown = host if re.fullmatch(r"(localhost|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:\d+)?", host) else "****"
+    return f"{scheme}://{'****@' if user is not None else ''}{shown}{'/****' if rest.strip('/') else ''}"
+
+
+def _read_key_file(key_path: Path, source: str, what: str = "API key") -> Secret:
     """Read a secret from a file; warn when other users can read it."""
     try:
-        text = path.read_text(encoding="utf-8").strip()
-        mode = path.stat().st_mode
+        text = key_path.read_text(encoding="utf-8").strip()
+        mode = key_path.stat().st_mode
     except FileNotFoundError:
-        if _looks_like_a_key(str(path)):
+        if _looks_like_a_key(str(key_path)):
             # Someone gave the key itself where a file name belongs: do not echo it.
             raise ConfigError(f"{source}: expects the name of a file holding the {what}, not the {what} itself") from None
-        raise ConfigError(f"{source}: {what} file {path} not found") from None
+        raise ConfigError(f"{source}: {what} file {key_path} not found") from None
     except PermissionError:
-        raise ConfigError(f"{source}: permission denied reading the {what} file {path}") from None
+        raise ConfigError(f"{source}: permission denied reading the {what} file {key_path}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{source}: {path} is a directory, expected a file holding the {what}") from None
+        raise ConfigError(f"{source}: {key_path} is a directory, expected a file holding the {what}") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{source}: cannot read the {what} file {path}: {error.__class__.__name__}") from None
+        raise ConfigError(f"{source}: cannot read the {what} file {key_path}: {error.__class__.__name__}") from None
     if not text:
-        raise ConfigError(f"{source}: the {what} file {path} is empty")
+        raise ConfigError(f"{source}: the {what} file {key_path} is empty")
     if mode & 0o004:
-        logger.warning("the %s file %s is readable by every user: chmod 600 %s", what, path, path)
+        logger.warning("the %s file %s is readable by every user: chmod 600 %s", what, key_path, key_path)
     return Secret(text)
 
 

@@ -40,9 +40,15 @@ from typing import Any
 
 from watcher.config import Config, Root
 from watcher.core.protections import Protections, parse_version
-from watcher.errors import JellyfinError, ProxyRejected, Redirected, RequestRejected, ServerUnavailable, UnexpectedAnswer
-from watcher.health import probe_roots
+from watcher.errors import (
+    JellyfinError,
+    ProxyRejected,
+    Redirected,
+    UnexpectedAnswer,
+)
+from watcher.health import branch_lines, probe_roots
 from watcher.jellyfin import JellyfinClient, Library
+from watcher.state import StateStore
 
 TICKS_PER_SECOND = 10_000_000
 CLEANUP_TASK_KEY = "CleanCollectionsAndPlaylists"
@@ -57,8 +63,8 @@ def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str
         say(f"✗ {error}")
         _diagnose(client, error, say)
         return 3
-    name = public.get("ProductName") or ("Emby" if config.server == "emby" else "Jellyfin")
-    say(f"✓ {name} {public.get('Version', '?')} at {config.url} ({public.get('ServerName', 'unnamed')})")
+    name = public.get("ProductName") or ("Emby" if config.jellyfin.server == "emby" else "Jellyfin")
+    say(f"✓ {name} {public.get('Version', '?')} at {config.jellyfin.url} ({public.get('ServerName', 'unnamed')})")
     try:
         client.server_info()
         libraries = client.libraries()
@@ -67,12 +73,12 @@ def doctor(config: Config, client: JellyfinClient, fix: bool, say: Callable[[str
         say(f"✗ {error}")
         _diagnose(client, error, say)
         return 3
-    say("✓ the API key is accepted" if config.api_key is not None else f"✓ logged in as {config.username}")
+    say("✓ the API key is accepted" if config.jellyfin.api_key is not None else f"✓ logged in as {config.jellyfin.username}")
     warnings = _check_locations(config, libraries, say)
     try:
         warnings += _check_monitors(client, libraries, fix, say)
         warnings += _check_schedule(client, task, fix, say)
-        if config.server != "emby":
+        if config.jellyfin.server != "emby":
             protections = _check_version(str(public.get("Version") or ""), say)
             warnings += _check_backups(client, config, protections, say)
             warnings += _check_cleanup_task(client, fix, say)
@@ -107,11 +113,17 @@ def _check_locations(config: Config, libraries: Sequence[Library], say: Callable
         say("! Jellyfin has no library folders")
         return 1
     warnings = 0
-    for health in probe_roots(roots, {}, config.probe_timeout):
+    # The mount points learned while the roots were healthy (as the daemon and ``check`` use
+    # them): a root on the bare folder of a missing disk is unmounted here too, not healthy.
+    saved = StateStore(config.state_dir).load()
+    for health in probe_roots(roots, saved.expected_mounts(), config.watch.probe_timeout, expected_below=saved.expected_below(),
+                              expected_branches=saved.expected_branches()):
         jellyfin_path = config.jellyfin_path(str(health.root.path))
         shown = str(health.root.path) if jellyfin_path == str(health.root.path) else f"{jellyfin_path} → {health.root.path}"
         if health.healthy:
             say(f"✓ library {health.root.library_name}: {shown} is healthy")
+            for line in branch_lines(health):
+                say(f"  {line}")
             continue
         warnings += 1
         fix = ""
@@ -121,6 +133,8 @@ def _check_locations(config: Config, libraries: Sequence[Library], say: Callable
                 'local = "<the same folder on this machine>"'
             )
         say(f"! library {health.root.library_name}: {shown} is {health.state} ({health.reason}){fix}")
+        for line in branch_lines(health):
+            say(f"  {line}")
     return warnings
 
 
@@ -192,11 +206,11 @@ def _check_backups(client: JellyfinClient, config: Config, protections: Protecti
     latest = max((str(archive.get("Path") or "") for archive in archives), default="")
     held = f"{len(archives)} archive{'s' if len(archives) != 1 else ''} in Jellyfin's backup folder" + (
         f", the latest {posixpath.basename(latest)}" if latest else "")
-    if not config.backup:
+    if not config.backup.enabled:
         say(f"- backups are available but backup.enabled = false: no backup before removals ({held})")
         return 0
-    say(f"✓ backups are available: one ({', '.join(config.backup_contents)}) is made before a refresh that "
-        f"removes {max(1, config.backup_min_removals)} items or more, and before refresh --allow-removals ({held})")
+    say(f"✓ backups are available: one ({', '.join(config.backup.contents)}) is made before a refresh that "
+        f"removes {max(1, config.backup.min_removals)} items or more, and before refresh --allow-removals ({held})")
     return 0
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError              bad configuration or usage: print one line, exit 2
     └── JellyfinError            the server did not take a request: exit 3; the daemon keeps the batch
         ├── ServerUnavailable    connection refused, timeout, 5xx: retry later
+        │   └── NoAnswer         connected and asked, no answer within the timeout
         ├── RequestRejected      any other 4xx: our request is wrong; report it
         └── SetupError           the way to Jellyfin needs a fix by the user: say so once, retry later
             ├── KeyRejected      Jellyfin's own 401/403: the API key (or the login) is wrong
@@ -37,11 +38,30 @@ class JellyfinError(WatcherError):
 
 
 class ServerUnavailable(JellyfinError):
-    """Connection refused, timed out, or a 5xx answer: keep the batch and retry with backoff."""
+    """Connection refused, timed out, or a 5xx answer: keep the batch and retry with backoff.
+
+    ``status``: the HTTP status of a 5xx answer (None when there was no answer).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NoAnswer(ServerUnavailable):
+    """The request was sent and no answer came within the timeout (a server stuck, perhaps on
+    a hung mount of its own)."""
 
 
 class RequestRejected(JellyfinError):
-    """Jellyfin answered another 4xx: the request itself is wrong (a bug or a base-path problem)."""
+    """Jellyfin answered another 4xx: the request itself is wrong (a bug or a base-path problem).
+
+    ``status``: the HTTP status.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class SetupError(JellyfinError):

@@ -1,15 +1,18 @@
 """Loss guard: before a refresh, predict what Jellyfin would remove, and refuse a mass removal.
 
 Mount checks catch storage that is gone; they cannot catch every way media vanishes for a
-moment (one mergerfs branch missing, a share showing an old snapshot, a folder moved by
-mistake). Jellyfin's scan deletes the metadata of every item whose file it does not find,
-so before refreshing a library the watcher asks Jellyfin which items it holds and checks
-which of their files are gone:
+moment (one mergerfs branch missing, a disk below a root that was never seen mounted, a
+share showing an old snapshot, a folder moved by mistake). Jellyfin's scan deletes the
+metadata of every item whose file it does not find, so before refreshing a library (before
+every refresh with ``guard.when = "always"``, the default) the watcher asks Jellyfin which
+items it holds and checks which of their files a scan would not find:
 
 * ``GET /Items?parentId=<library>&recursive=true&fields=Path&includeItemTypes=…`` paged
   with ``startIndex``/``limit`` (only item types that carry a media file);
-* each path mapped to the local path and checked in a child process under a deadline,
+* each path mapped to the local path and looked up in a child process under a deadline,
   like every probe: a hung share makes the prediction ``unresponsive``, never "missing".
+  A file below a folder that cannot be listed (permission denied, an I/O error, a dead
+  FUSE mount, a stale NFS handle) counts as removed: Jellyfin 10.11 drops those items too.
 
 A prediction above the limits (by default more than 20 items *and* more than 5 % of the
 library) refuses the refresh; the batch is kept. A smaller removal is an ordinary deletion.
@@ -17,6 +20,7 @@ library) refuses the refresh; the batch is kept. A smaller removal is an ordinar
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,26 +35,90 @@ PAGE_SIZE = 1000
 EXAMPLES = 5
 """Missing paths named in a refusal."""
 
-# stdin: one path per line; stdout: missing paths, one JSON line each, then a summary.
+# stdin: a JSON line with the library's locations, then one path per line. Each file is
+# looked up the way a scan finds it: by listing its folder, and every folder from the
+# library location down to it (each listed once). stdout: one JSON line per file that is
+# gone ("missing") or sits below a folder that cannot be listed ("unreadable", with that
+# folder and the error), then a summary.
 _EXISTS_PROGRAM = r"""
-import json, os, sys
+import errno, json, os, sys
+UNREADABLE = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EIO: "input/output error",
+              errno.ENOTCONN: "transport endpoint is not connected", errno.ESTALE: "stale file handle"}
+GONE = (errno.ENOENT, errno.ENOTDIR)
+stdin = sys.stdin.buffer
+locations = [os.path.normpath(path) for path in json.loads(stdin.readline())]
+listings = {}
+def listing(folder):
+    if folder not in listings:
+        try:
+            listings[folder] = frozenset(os.listdir(folder))
+        except OSError as error:
+            listings[folder] = error
+    return listings[folder]
+def base_of(folder):
+    best = None
+    for location in locations:
+        if (folder == location or folder.startswith(location.rstrip("/") + "/")) and (best is None or len(location) > len(best)):
+            best = location
+    return best or folder
+verdicts = {}
+def verdict(folder):
+    # Once per folder: its entries (a frozenset); or why a scan would not reach them,
+    # ("missing",) or ("unreadable", the folder that cannot be listed, the error); or None
+    # after another error (its files are taken as there).
+    if folder in verdicts:
+        return verdicts[folder]
+    names = None
+    if folder == base_of(folder):
+        names = listing(folder)
+    else:
+        parent, name = os.path.split(folder)
+        above = verdict(parent)
+        if isinstance(above, tuple):
+            names = above
+        elif isinstance(above, frozenset):
+            names = listing(folder) if name in above else ("missing",)
+    if isinstance(names, OSError):
+        if names.errno in GONE:
+            names = ("missing",)
+        elif names.errno in UNREADABLE:
+            names = ("unreadable", folder, UNREADABLE[names.errno])
+        else:
+            names = None
+    verdicts[folder] = names
+    return names
 checked = 0
-for line in sys.stdin.buffer:
-    path = os.fsdecode(line.rstrip(b"\n"))
+write = sys.stdout.write
+by_folder = {}  # the folder as given → its verdict (normalised once)
+for path in os.fsdecode(stdin.read()).split("\n"):
     if not path:
         continue
     checked += 1
-    try:
-        os.stat(path)
-    except FileNotFoundError:
-        sys.stdout.write(json.dumps({"missing": path}) + "\n")
-    except NotADirectoryError:
-        sys.stdout.write(json.dumps({"missing": path}) + "\n")
-    except OSError:
-        pass
-sys.stdout.write(json.dumps({"done": checked}) + "\n")
+    folder, _, name = path.rpartition("/")
+    found = by_folder.get(folder, by_folder)
+    if found is by_folder:
+        found = by_folder[folder] = verdict(os.path.normpath(folder or "/"))
+    if found is None or (isinstance(found, frozenset) and name in found):
+        continue
+    if isinstance(found, frozenset) or found[0] == "missing":
+        write(json.dumps({"missing": path}) + "\n")
+    else:
+        write(json.dumps({"unreadable": path, "folder": found[1], "error": found[2]}) + "\n")
+write(json.dumps({"done": checked}) + "\n")
 sys.stdout.flush()
 """
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """What the existence check found: ``missing`` paths (gone), ``unreadable`` paths (below
+    a folder that cannot be listed) with that folder and the error, and whether the check
+    finished in time (if not, the lists mean nothing)."""
+
+    missing: tuple[str, ...]
+    unreadable: tuple[tuple[str, str, str], ...]
+    """(path, folder, error) for each file below a folder that cannot be listed."""
+    finished: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +134,12 @@ class Limits:
 class Prediction:
     """What a scan of one library would remove.
 
-    ``items``: media items Jellyfin holds; ``missing``: how many of their files are gone;
-    ``examples``: the first few missing paths (local); ``unresponsive``: the existence
-    check did not finish in time (nothing is known); ``pages``: ``GET /Items`` requests made.
+    ``items``: media items Jellyfin holds; ``missing``: how many of their files a scan would
+    not find — gone, or below a folder that cannot be listed (``unreadable`` of them);
+    ``examples``: the first few such paths (local); ``unreadable_folders``: the folders that
+    cannot be listed, each with its error (``("/mnt/movies/Private", "permission denied")``);
+    ``unresponsive``: the existence check did not finish in time (nothing is known);
+    ``pages``: ``GET /Items`` requests made.
     """
 
     library: Library
@@ -77,6 +148,8 @@ class Prediction:
     examples: tuple[str, ...] = ()
     unresponsive: bool = False
     pages: int = 0
+    unreadable: int = 0
+    unreadable_folders: tuple[tuple[str, str], ...] = ()
 
     @property
     def share(self) -> float:
@@ -90,13 +163,31 @@ class Prediction:
             return False
         return self.missing > limits.count and self.share > limits.share
 
+    @property
+    def hint(self) -> str:
+        """What a person can do about a refusal ("" when nothing is known)."""
+        if self.unresponsive:
+            return ""
+        confirm = f"if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {self.missing}"
+        if self.unreadable:
+            return f"let the watcher's and Jellyfin's users read the folders that cannot be read, or fix their storage; {confirm}"
+        return confirm
+
     def describe(self) -> str:
+        """``library Movies: 30 of 60 items (50%) would be removed: /a.mkv, … and 25 more;
+        30 of them unreadable (permission denied on /mnt/movies/Private)``."""
         if self.unresponsive:
             return f"library {self.library.name}: the existence check did not finish in time (unresponsive storage)"
         examples = ", ".join(self.examples)
         more = f" and {self.missing - len(self.examples)} more" if self.missing > len(self.examples) else ""
         head = f"library {self.library.name}: {self.missing} of {self.items} items ({self.share:.0%}) would be removed"
-        return head + (f": {examples}{more}" if self.missing else "")
+        text = head + (f": {examples}{more}" if self.missing else "")
+        if self.unreadable:
+            folders = ", ".join(f"{error} on {folder}" for folder, error in self.unreadable_folders[:EXAMPLES])
+            extra = len(self.unreadable_folders) - EXAMPLES
+            folders += f" and {extra} more folders" if extra > 0 else ""
+            text += f"; {self.unreadable} of them unreadable ({folders})"
+        return text
 
 
 def predict(
@@ -106,7 +197,14 @@ def predict(
     timeout: float,
     stop: threading.Event | None = None,
 ) -> Prediction:
-    """Predict what a scan of ``library`` would remove. Raises JellyfinError."""
+    """Predict what a scan of ``library`` would remove. Raises JellyfinError.
+
+    Each item's file is looked up as Jellyfin's scan finds it, by listing its folder and the
+    folders above it up to the library's location: a folder that cannot be listed (EACCES,
+    EIO, ENOTCONN, ESTALE) loses its items in Jellyfin 10.11, which skips entries it may not
+    read (``EnumerationOptions.IgnoreInaccessible``) and treats the children of a folder
+    whose listing throws as removed (``Folder.ValidateChildrenInternal2``).
+    """
     paths: list[str] = []
     pages = 0
     start = 0
@@ -124,18 +222,44 @@ def predict(
         total = page.get("TotalRecordCount")
         if not batch or (isinstance(total, int) and start >= total):
             break
-    missing, finished = missing_files(paths, timeout, stop)
-    if not finished:
+    locations = [local_path(location) for location in library.locations]
+    found = check_files(paths, locations, timeout, stop)
+    if not found.finished:
         return Prediction(library, len(paths), 0, unresponsive=True, pages=pages)
-    return Prediction(library, len(paths), len(missing), tuple(missing[:EXAMPLES]), pages=pages)
+    gone = [*found.missing, *(path for path, _, _ in found.unreadable)]
+    folders = tuple(dict.fromkeys((folder, error) for _, folder, error in found.unreadable))
+    return Prediction(
+        library,
+        len(paths),
+        len(gone),
+        tuple(gone[:EXAMPLES]),
+        pages=pages,
+        unreadable=len(found.unreadable),
+        unreadable_folders=folders,
+    )
+
+
+def check_files(
+    paths: Sequence[str], locations: Sequence[str], timeout: float, stop: threading.Event | None = None
+) -> FileCheck:
+    """Look ``paths`` up in a child process, listing each folder from the nearest of
+    ``locations`` (the library's folders) down to the file's, once per folder; give up after
+    ``timeout`` seconds (then ``finished`` is False). Paths holding a newline are skipped."""
+    if not paths:
+        return FileCheck((), (), True)
+    text = json.dumps(list(locations)) + "\n" + "".join(path + "\n" for path in paths if "\n" not in path)
+    lines, finished = run_child(_EXISTS_PROGRAM, [], timeout, stop, stdin=text)
+    done = bool(lines) and "done" in lines[-1]
+    missing = tuple(str(line["missing"]) for line in lines if "missing" in line)
+    unreadable = tuple(
+        (str(line["unreadable"]), str(line["folder"]), str(line["error"])) for line in lines if "unreadable" in line
+    )
+    return FileCheck(missing, unreadable, finished and done)
 
 
 def missing_files(paths: Sequence[str], timeout: float, stop: threading.Event | None = None) -> tuple[list[str], bool]:
-    """The paths that do not exist, checked in a child process; and whether the check
-    finished within ``timeout`` seconds (if not, the list means nothing)."""
-    if not paths:
-        return [], True
-    text = "".join(path + "\n" for path in paths if "\n" not in path)
-    lines, finished = run_child(_EXISTS_PROGRAM, [], timeout, stop, stdin=text)
-    done = bool(lines) and "done" in lines[-1]
-    return [str(line["missing"]) for line in lines if "missing" in line], finished and done
+    """The paths a scan would not find (gone, or below a folder that cannot be listed),
+    checked in a child process; and whether the check finished within ``timeout`` seconds
+    (if not, the list means nothing)."""
+    found = check_files(paths, [], timeout, stop)
+    return [*found.missing, *(path for path, _, _ in found.unreadable)], found.finished

@@ -10,6 +10,13 @@ States, in the order they are decided:
 * ``empty``: no entries — the bare mount point a failed mount leaves behind.
 * ``healthy``.
 
+A root on a union filesystem (a mergerfs pool, an overlay) also needs every branch of the
+pool: a branch that is missing, unmounted, unreadable, unresponsive, or empty where it held
+files makes the root unhealthy, in that branch's state, with a reason naming the branch and
+the pool (:mod:`watcher.edges.union` reads and probes the branches). A root behind an
+automount (autofs, ``x-systemd.automount``) is looked up by the probe, which mounts it; if
+the mount table then still shows autofs there, the share did not mount: ``unmounted``.
+
 Every filesystem call on a root (``realpath``, ``stat``, ``scandir``) runs in a child
 process that is killed when the deadline passes: on a dead NFS/SMB/FUSE mount these calls
 block in the kernel and no thread can be cancelled (FACTS.md, "psutil and mounts"). The
@@ -35,8 +42,11 @@ from pathlib import Path
 import psutil
 
 from watcher.config import Root
+from watcher.core.automount import autofs_mounts, automount_of, unmounted_automount
+from watcher.core.union import OVERLAY, POOL_KINDS, BranchSpec, parse_overlay_layers
+from watcher.edges.union import BranchAnswer, PoolRequest, probe_pools
 from watcher.mounts import mount_ids
-from watcher.state import SavedState
+from watcher.state import LearnedBranch, SavedState
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,56 @@ class State(enum.StrEnum):
     EMPTY = "empty"
     UNMOUNTED = "unmounted"
     UNRESPONSIVE = "unresponsive"
+
+
+@dataclass(frozen=True, slots=True)
+class BranchHealth:
+    """One branch of the pool a root lives on, as the last probe found it.
+
+    ``path``: the branch as the pool names it (a glob's match); ``mode``: ``RW``, ``RO``,
+    ``NC`` (mergerfs) or ``lower``, ``upper`` (overlayfs); ``pool``/``kind``: the pool's
+    mount point and ``mergerfs`` or ``overlayfs``; ``reason``: what is wrong, worded to
+    follow "branch … of the … pool …"; ``mount_point``/``fstype``/``mount_id``: where the
+    branch lives per the mount table; ``empty``: it has no entries; ``counterpart``: the
+    folder on this branch that holds the root's files, if there is one.
+    """
+
+    path: str
+    mode: str
+    pool: str
+    kind: str
+    state: State
+    reason: str = ""
+    mount_point: str | None = None
+    fstype: str | None = None
+    mount_id: int = 0
+    empty: bool = False
+    counterpart: str | None = None
+    visible: bool = True
+    """False for an overlay layer this mount namespace cannot see (a container's own root
+    names host folders): it is neither checked nor learned."""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is State.HEALTHY
+
+    def describe(self) -> str:
+        """``branch /mnt/disk2 of the mergerfs pool /pool is not mounted``"""
+        text = f"branch {self.path} of the {self.kind} pool {self.pool}"
+        return f"{text} {self.reason}" if self.reason else f"{text} is healthy"
+
+    def as_status(self) -> dict[str, object]:
+        """The branch as ``status --json`` shows it."""
+        return {
+            "path": self.path,
+            "mode": self.mode,
+            "pool": self.pool,
+            "kind": self.kind,
+            "state": self.state.value,
+            "reason": self.reason,
+            "mount_point": self.mount_point,
+            "fstype": self.fstype,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +130,15 @@ class Health:
     mounts: tuple[tuple[str, int], ...] = ()
     """The mount point the root lives on and every mount point below it, each with its
     kernel mount ID (0 where unknown): a change means the watches on it died."""
+    pool: str | None = None
+    """The mount point of the union filesystem (mergerfs, overlay) the root lives on."""
+    branches: tuple[BranchHealth, ...] = ()
+    """The pool's branches, when the root lives on one."""
+    pool_problem: str = ""
+    """Why the pool's branches are not known (they are then not checked)."""
+    automounts: tuple[str, ...] = ()
+    """The automounted mount points the root needs (its own, the ones below it) that are
+    mounted: keep them busy while watching, or they expire under the inotify watches."""
 
     @property
     def healthy(self) -> bool:
@@ -80,10 +149,28 @@ class Health:
         """The mount points below the root (``mounts`` starts with the root's own)."""
         return [point for point, _ in self.mounts[1:]]
 
+    @property
+    def counterparts(self) -> tuple[str, ...]:
+        """The folders on a mergerfs pool's branches that hold the root's files: a file
+        written straight to one of them makes no event on the pool."""
+        return tuple(branch.counterpart for branch in self.branches if branch.counterpart and branch.kind == "mergerfs")
+
+    @property
+    def branch_identity(self) -> tuple[tuple[str, int, str | None], ...]:
+        """Each branch with its mount ID and counterpart: a change means the watches on it died."""
+        return tuple((branch.path, branch.mount_id, branch.counterpart) for branch in self.branches)
+
     def learn_into(self, saved: SavedState) -> bool:
-        """Record where this (healthy) root lives in ``saved``; True if anything was new."""
+        """Record where this (healthy) root lives in ``saved``, and the branches of its
+        pool; True if anything was new."""
         mount_point = None if self.mount_point is None else str(self.mount_point)
-        return saved.learn(str(self.root.path), mount_point, self.mounts_below, self.root.mount is not None)
+        key = str(self.root.path)
+        learned = saved.learn(key, mount_point, self.mounts_below, self.root.mount is not None)
+        for branch in self.branches:
+            if branch.healthy and branch.visible and branch.mount_point is not None:
+                seen = LearnedBranch(branch.pool, branch.kind, branch.mode, branch.mount_point, not branch.empty)
+                learned |= saved.learn_branch(key, branch.path, seen)
+        return learned
 
     def describe(self) -> str:
         """``"/mnt/usb/movies is unmounted (…)"``: the line a user reads."""
@@ -125,6 +212,10 @@ def probe(index, path):
         return emit(index, real=real, kind="denied", dev=status.st_dev, ino=status.st_ino)
     except OSError as error:
         return emit(index, real=real, kind="error", errno=error.errno, error=error.strerror)
+    try:
+        status = os.stat(path)  # after the listing, which mounts an automount stat does not
+    except OSError:
+        pass
     emit(index, real=real, kind="dir", empty=empty, dev=status.st_dev, ino=status.st_ino)
 threads = [threading.Thread(target=probe, args=(i, p), daemon=True) for i, p in enumerate(sys.argv[1:])]
 for thread in threads:
@@ -150,33 +241,47 @@ def probe_roots(
     timeout: float,
     stop: threading.Event | None = None,
     expected_below: Mapping[Path, Sequence[str]] | None = None,
+    expected_branches: Mapping[Path, Mapping[str, LearnedBranch]] | None = None,
 ) -> list[Health]:
     """Check every root; one :class:`Health` per root, in order.
 
     ``expected_mounts`` maps a root's path to the mount point it must live on (the
     configured ``mount``, else the one recorded when it was last healthy); a root with
     neither is checked only for existence, readability and entries. ``timeout`` (seconds)
-    bounds the whole probe: a root whose answer is not in by then is ``unresponsive``.
-    ``expected_below`` maps a root's path to the mount points below it that must be
-    mounted (a disk mounted inside a library folder: Jellyfin would drop its items).
+    bounds the probe of the roots: a root whose answer is not in by then is
+    ``unresponsive``. ``expected_below`` maps a root's path to the mount points below it
+    that must be mounted (a disk mounted inside a library folder: Jellyfin would drop its
+    items). ``expected_branches`` maps a root's path to the branches of its pool learned
+    while healthy (their mount points, whether they held files). Roots on a union
+    filesystem then have their pool's branches probed, within another ``timeout``.
     ``stop``, when set, cuts the wait short (roots not answered count as unresponsive).
-    Never raises for a filesystem problem; never blocks longer than ``timeout``.
+    Never raises for a filesystem problem; never blocks longer than twice ``timeout``.
     """
     if not roots:
         return []
-    answers = _run_probe([str(root.path) for root in roots], timeout, stop)
-    mounts = mount_table()
+    autofs = autofs_mounts((point, fstype, opts) for point, _, fstype, opts in _mount_entries())
+    below_wanted = {root.path: list((expected_below or {}).get(root.path, ())) for root in roots}
+    # Automounted disks below a root are looked up too, so that they mount (or show they
+    # cannot): left alone, an expired one would read as gone.
+    triggers = sorted({point for points in below_wanted.values() for point in points if automount_of(point, autofs)})
+    answers = _run_probe([str(root.path) for root in roots] + triggers, timeout, stop)
+    entries = _mount_entries()
+    mounts = {point: (device, fstype) for point, device, fstype, _ in entries}
+    options = {point: opts for point, _, _, opts in entries}
+    autofs = autofs_mounts((point, fstype, opts) for point, _, fstype, opts in entries)
     ids = mount_ids()
     results = []
     for index, root in enumerate(roots):
         answer = answers.get(index)
         expected = root.mount or expected_mounts.get(root.path)
-        health = _judge(root, answer, expected, mounts, timeout)
+        health = _judge(root, answer, expected, mounts, autofs, timeout)
         if answer is not None and health.mount_point is not None:
             real = str(answer.get("real") or root.path)
             below = mounts_below(real, mounts)
             health = replace(health, mounts=tuple((point, ids.get(point, 0)) for point in [str(health.mount_point), *below]))
-            gone = [point for point in (expected_below or {}).get(root.path, ()) if point not in mounts]
+            gone = [
+                point for point in below_wanted[root.path] if point not in mounts or mounts[point][1] == "autofs"
+            ]
             if gone and health.state in (State.HEALTHY, State.EMPTY):
                 health = replace(
                     health,
@@ -184,8 +289,166 @@ def probe_roots(
                     reason=f"{_list_paths(gone)} mounted below it {'is' if len(gone) == 1 else 'are'} not mounted: "
                     "is the disk or share there? (if it was removed on purpose: jellyfin-watcher check --relearn)",
                 )
+            needed = [str(health.mount_point), *below]
+            held = tuple(
+                point for point in needed if automount_of(point, autofs) and mounts.get(point, ("", ""))[1] != "autofs"
+            )
+            health = replace(health, automounts=held)
         results.append(health)
-    return results
+    return _with_branches(results, answers, mounts, options, ids, expected_branches or {}, timeout, stop)
+
+
+def _mount_entries() -> list[tuple[str, str, str, str]]:
+    """(mount point, device, filesystem type, options) of every mount, stacked ones
+    included, in table order (the last one on a mount point is on top)."""
+    return [(part.mountpoint, part.device, part.fstype, part.opts) for part in psutil.disk_partitions(all=True)]
+
+
+def _with_branches(
+    results: list[Health],
+    answers: Mapping[int, dict[str, object]],
+    mounts: Mapping[str, tuple[str, str]],
+    options: Mapping[str, str],
+    ids: Mapping[str, int],
+    learned: Mapping[Path, Mapping[str, LearnedBranch]],
+    timeout: float,
+    stop: threading.Event | None,
+) -> list[Health]:
+    """Probe the branches of the pools the roots live on, and judge each root by them.
+
+    A root whose own probe did not answer is looked at through the branches learned for it
+    (the pool may hang because one branch does): the reason then names that branch.
+    """
+    requests: dict[str, PoolRequest] = {}
+    wanted: dict[int, tuple[str, str]] = {}  # root index → (pool, root's real path)
+    for index, health in enumerate(results):
+        known = learned.get(health.root.path) or {}
+        if health.state is State.UNRESPONSIVE and known:
+            first = next(iter(known.values()))
+            specs = tuple(BranchSpec(path, branch.mode) for path, branch in known.items())
+            requests.setdefault(first.pool, PoolRequest(first.pool, first.kind, specs))
+            wanted[index] = (first.pool, "")
+            continue
+        pool = str(health.mount_point) if health.mount_point is not None else ""
+        kind = POOL_KINDS.get(health.fstype or "")
+        if kind is None or answers.get(index) is None:
+            continue
+        real = str(answers[index].get("real") or health.root.path)
+        relative = os.path.relpath(real, pool)
+        layers = tuple(parse_overlay_layers(options.get(pool, ""))) if health.fstype == OVERLAY else None
+        previous = requests.get(pool)
+        relatives = tuple(sorted({*(previous.relatives if previous else ()), relative}))
+        requests[pool] = PoolRequest(pool, kind, layers, relatives)
+        wanted[index] = (pool, real)
+    if not wanted:
+        return results
+    pools = {answer.pool: answer for answer in probe_pools(list(requests.values()), timeout, stop)}
+    judged = list(results)
+    for index, (pool, real) in wanted.items():
+        health = results[index]
+        answer = pools.get(pool)
+        if answer is None:
+            continue
+        known = learned.get(health.root.path) or {}
+        relative = os.path.relpath(real, pool) if real else ""
+        branches = tuple(
+            _judge_branch(branch, answer.pool, answer.kind, known.get(branch.path), relative, mounts, ids, timeout)
+            for branch in answer.branches
+        )
+        bad = [branch for branch in branches if not branch.healthy]
+        if health.state is State.UNRESPONSIVE:
+            hung = [branch for branch in bad if branch.state is State.UNRESPONSIVE]
+            reason = health.reason
+            if hung:
+                reason = f"no answer within {timeout:g} s: {'; '.join(branch.describe() for branch in hung)}"
+            judged[index] = replace(health, pool=pool, branches=branches, reason=reason)
+            continue
+        judged[index] = health = replace(health, pool=pool, branches=branches, pool_problem=answer.problem)
+        if answer.unresponsive and health.state in (State.HEALTHY, State.EMPTY):
+            judged[index] = replace(
+                health, state=State.UNRESPONSIVE, reason=f"the {answer.kind} pool {pool}: {answer.problem}"
+            )
+        elif bad and health.state in (State.HEALTHY, State.EMPTY, State.MISSING):
+            judged[index] = replace(health, state=bad[0].state, reason="; ".join(branch.describe() for branch in bad))
+    return judged
+
+
+def _judge_branch(
+    branch: BranchAnswer,
+    pool: str,
+    kind: str,
+    learned: LearnedBranch | None,
+    relative: str,
+    mounts: Mapping[str, tuple[str, str]],
+    ids: Mapping[str, int],
+    timeout: float,
+) -> BranchHealth:
+    found = BranchHealth(branch.path, branch.mode, pool, kind, State.HEALTHY)
+    answer = branch.answer
+    if answer is None:
+        return replace(found, state=State.UNRESPONSIVE, reason=f"does not answer within {timeout:g} s")
+    real = str(answer.get("real") or branch.path)
+    mount_point = mount_point_of(real, mounts)
+    found = replace(
+        found,
+        mount_point=mount_point,
+        fstype=mounts.get(mount_point, ("", ""))[1] or None,
+        mount_id=ids.get(mount_point, 0),
+        empty=bool(answer.get("empty")),
+    )
+    present = answer.get("counterparts")
+    if answer.get("kind") == "dir" and isinstance(present, list) and relative in present:
+        found = replace(found, counterpart=real if relative == "." else os.path.join(real, relative))
+    # A branch on a mount inside the one it was learned on has had a disk mounted since
+    # (it was first seen while its disk was away): that is not a fault.
+    if learned is not None and learned.mount != mount_point and not mount_point.startswith(learned.mount.rstrip("/") + "/"):
+        return replace(found, state=State.UNMOUNTED, reason="is not mounted")
+    if found.fstype == "autofs":
+        return replace(found, state=State.UNMOUNTED, reason="is not mounted (its automount did not mount)")
+    kind_found = answer.get("kind")
+    if kind_found == "absent" and kind == "overlayfs" and learned is None:
+        # An overlay's layers are named in its mount options as the namespace that mounted
+        # it saw them: a container's own root (Docker, systemd-nspawn) names host folders
+        # that do not exist in here. Never seen here, they cannot be checked here.
+        return replace(found, reason="not visible in this mount namespace (a container's own layers?): not checked",
+                       visible=False, mount_point=None, fstype=None, mount_id=0)
+    if kind_found == "absent":
+        return replace(found, state=State.MISSING, reason="is missing")
+    if kind_found == "file":
+        return replace(found, state=State.MISSING, reason="is a file, not a folder")
+    if kind_found == "denied":
+        return replace(found, state=State.UNREADABLE, reason="is unreadable (permission denied)")
+    if kind_found == "error":
+        number = answer.get("errno")
+        hint = _ERRNO_HINTS.get(number) if isinstance(number, int) else None
+        return replace(found, state=State.UNREADABLE, reason=f"is unreadable ({hint or answer.get('error')})")
+    if found.empty and learned is not None and learned.held_files:
+        return replace(
+            found,
+            state=State.EMPTY,
+            reason="is empty, but held files when last seen healthy "
+            "(if it was emptied on purpose: jellyfin-watcher check --relearn)",
+        )
+    return found
+
+
+def branch_lines(health: Health) -> list[str]:
+    """One line per branch of the pool a root lives on, for ``check`` and ``doctor``:
+    ``branch /mnt/disk1 (RW) of the mergerfs pool /pool: healthy (on /mnt/disk1, ext4)``,
+    ``branch /mnt/disk2 (RW) of the mergerfs pool /pool is not mounted``."""
+    lines = []
+    if health.pool_problem:
+        lines.append(f"the pool {health.pool}: {health.pool_problem}: its branches are not checked")
+    for branch in health.branches:
+        head = f"branch {branch.path} ({branch.mode}) of the {branch.kind} pool {branch.pool}"
+        if branch.healthy and branch.reason:
+            lines.append(f"{head}: {branch.reason}")
+        elif branch.healthy:
+            where = f"on {branch.mount_point}" + (f", {branch.fstype}" if branch.fstype else "")
+            lines.append(f"{head}: healthy ({where})")
+        else:
+            lines.append(f"{head} {branch.reason}")
+    return lines
 
 
 def mounts_below(real_path: str, mounts: Mapping[str, tuple[str, str]]) -> list[str]:
@@ -226,6 +489,7 @@ def _judge(
     answer: dict[str, object] | None,
     expected: Path | None,
     mounts: Mapping[str, tuple[str, str]],
+    autofs: Mapping[str, str],
     timeout: float,
 ) -> Health:
     if answer is None:
@@ -246,6 +510,13 @@ def _judge(
         inode=inode if isinstance(inode, int) else None,
     )
     kind = answer.get("kind")
+    waiting = unmounted_automount(real, mount_point, found.fstype or "", autofs)
+    if waiting is not None:
+        return replace(
+            found,
+            state=State.UNMOUNTED,
+            reason=f"the automount {waiting} did not mount: is the share reachable, and its automount map or unit right?",
+        )
     if expected is not None and Path(mount_point) != expected:
         return replace(
             found,

@@ -49,7 +49,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import socket
 import ssl
 import uuid
@@ -82,6 +81,7 @@ from watcher.errors import (
     ConfigError,
     JellyfinError,
     KeyRejected,
+    NoAnswer,
     ProxyRejected,
     Redirected,
     RequestRejected,
@@ -464,11 +464,11 @@ class JellyfinClient:
         if status in (401, 403):
             raise self._refused(what, path, answer)
         if status >= 500:
-            raise ServerUnavailable(f"Jellyfin answered HTTP {status} to {what}")
+            raise ServerUnavailable(f"Jellyfin answered HTTP {status} to {what}", status)
         hint = ""
         if status == 404:
             hint = ": is the URL right, including a reverse-proxy base path such as https://host/jellyfin?"
-        raise RequestRejected(f"Jellyfin answered HTTP {status} to {what}{hint}")
+        raise RequestRejected(f"Jellyfin answered HTTP {status} to {what}{hint}", status)
 
     def _transmit(self, method: str, url: str, path: str, **kwargs: Any) -> requests.Response:
         """``session.request`` with the timeout, ``verify`` and no redirects; every failure
@@ -483,7 +483,7 @@ class JellyfinClient:
         except requests.exceptions.ConnectTimeout:
             raise ServerUnavailable(f"no connection to {self.url} within {self.timeout:g} s: check the URL and port") from None
         except requests.exceptions.Timeout:
-            raise ServerUnavailable(f"{what}: no answer from {self.url} within {self.timeout:g} s") from None
+            raise NoAnswer(f"{what}: no answer from {self.url} within {self.timeout:g} s") from None
         except requests.exceptions.ConnectionError as error:
             if _closed_without_answer(error) and url.lower().startswith("http:"):
                 raise ServerUnavailable(
@@ -552,10 +552,7 @@ def http_status(error: JellyfinError) -> int | None:
     """The HTTP status Jellyfin answered with, for an error raised on an answer (None for a
     connection failure or a timeout)."""
     status = getattr(error, "status", None)
-    if isinstance(status, int):
-        return status
-    found = re.search(r"\bHTTP (\d{3})\b", str(error))
-    return int(found.group(1)) if found else None
+    return status if isinstance(status, int) else None
 
 
 def dashed(item_id: str) -> str:

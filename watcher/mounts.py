@@ -4,7 +4,7 @@ psutil gives the mount table (mount point, device, type) but not the kernel's mo
 which is new for every mount: a disk unmounted and mounted again at the same place between
 two health checks keeps its mount point, device and inode numbers, and only the mount ID
 tells that the watch set up on the old mount is gone (inotify watches die with the mount:
-FACTS.md, "watchdog 7.1"). Reading the file never blocks, even when a mount is dead.
+the kernel sends ``IN_UNMOUNT`` and ``IN_IGNORED``, inotify(7)). Reading the file never blocks, even when a mount is dead.
 
 Format (proc(5)): ``ID PARENT MAJOR:MINOR ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - TYPE
 SOURCE SUPER_OPTIONS``; spaces, tabs, newlines and backslashes in paths are octal escapes

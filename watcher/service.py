@@ -1,151 +1,77 @@
-"""The daemon: events → batch → health gate → refresh.
+"""The daemon's loop: events → batch → health gate → refresh.
 
-One loop on the calling thread reads the clock and decides; watchdog, the mount monitor and
-signal handlers only put items on its queue. The loop sleeps until the next thing it has to
-do (a batch falling due, a retry, a health check, a keep-alive) or until an item arrives:
-no polling while idle.
+One loop on the calling thread. It is the only place that reads the clock: it takes each
+item from the queue (watchdog events, mount-table changes, the results of work done on
+workers, signals), feeds it to the decision core (:class:`~watcher.core.machine.Core`) with
+the time, and hands the actions the core returns to the executor
+(:class:`~watcher.edges.workers.Executor`), which runs anything that can block on a worker.
+So the loop never waits on a filesystem or on Jellyfin: it sleeps until the next thing the
+core has to do, or until an item arrives — no polling while idle — and a stop is served at
+once in every state.
 
-Before every refresh every root is probed (:mod:`watcher.health`). If any root is not
-healthy — or came back less than ``settle`` seconds ago — the refresh is suppressed and the
-batch kept, never dropped, until every root is ready again; the WARNING is logged when a
-root's state changes, not on every retry.
-
-Roots come and go: a mount-table change (``/proc/self/mountinfo``) triggers a health check
-at once, and a periodic one catches what the mount table cannot show (a hung server). A
-root that went away (unmounted, deleted, replaced, a disk below it remounted) has lost its
-inotify watches without a word from watchdog (FACTS.md), so once it has been healthy for
-``settle`` seconds it is watched again (``unschedule`` then ``schedule``) and counted as
-changed: files may have arrived while it was away.
+After each round it writes the status file (``status``) and ``STATUS=`` when what they show
+changed, and feeds systemd's watchdog.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from queue import Empty, SimpleQueue
-from typing import Any, TypeVar
+from typing import Any
 
 from watcher import status as status_file
-from watcher.config import Config, Root
-from watcher.core.protections import backup_due
-from watcher.core.serverview import reasons
-from watcher.debounce import Batch, Debouncer
-from watcher.edges.backup import BackupUnavailable, create_backup
-from watcher.edges.serverview import check_roots
-from watcher.errors import ConfigError, JellyfinError, ServerUnavailable, SetupError
-from watcher.filters import IgnoreFilter
-from watcher.guard import Limits, predict
-from watcher.health import Health, State, probe_roots
+from watcher.config import Config
+from watcher.core.machine import Core, daemon_view, listed, snapshot
+from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
+from watcher.core.notices import Notices, Policy
+from watcher.edges.notifications import Sender
+from watcher.edges.sdnotify import Notifier
+from watcher.edges.workers import Executor, Reloader
+from watcher.errors import ConfigError
 from watcher.jellyfin import JellyfinClient
-from watcher.notify import Notifier
-from watcher.poll import PollResult, RootPoller
-from watcher.scope import RefreshRequest, plan
-from watcher.state import PendingChanges, SavedState, StateStore
-from watcher.verify import Coverage, coverage
-from watcher.watch import Change, EventsLost, MountMonitor, MountsChanged, RootWatcher
+from watcher.presentation import document, signature, status_line
+from watcher.state import StateStore
+from watcher.watch import MountMonitor
 
 logger = logging.getLogger(__name__)
 
-SUPPRESSED_RECHECK = 5.0
-"""Seconds between health checks while a due batch is held back by an unhealthy root (a
-change of the mount table triggers one at once)."""
-SCAN_RUNNING_RECHECK = 5.0
-"""Seconds between looks at Jellyfin's scan task while waiting for a running scan to end."""
-BACKOFF_START = 1.0
-"""Seconds before the first retry of a failed refresh; doubles up to ``backoff_max``."""
-VERIFY_TIMEOUT = 60.0
-"""Seconds the listing of a root's folders (watch verification) may take."""
 STATUS_COUNT_INTERVAL = 5.0
 """Seconds between status-file updates that only change the pending change count."""
-GUARD_RECHECK = 60.0
-"""Seconds before a batch the loss guard refused is predicted again (new changes: sooner)."""
-
-_T = TypeVar("_T")
-
-Reloader = Callable[[], tuple[Config, "JellyfinClient | None"]]
-
-
-class Stop:
-    """Queue item: end the loop."""
-
-
-class Reload:
-    """Queue item: read the configuration again (SIGHUP)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Verified:
-    """Queue item: the watch verification of ``roots`` ((key, identity when watched)) ended."""
-
-    roots: tuple[tuple[str, tuple[Any, ...]], ...]
-    results: tuple[Coverage, ...]
-
-
-class Interrupted(Exception):
-    """A stop was requested while waiting on Jellyfin."""
-
-
-@dataclass(slots=True)
-class _RootRecord:
-    """What the loop knows about one root."""
-
-    root: Root
-    health: Health | None = None
-    watched: bool = False
-    watched_as: tuple[Any, ...] = ()
-    """Identity when the watch was set up: (device, inode, mounts)."""
-    back_since: float | None = None
-    """Clock reading since which a returning root has been healthy (settling)."""
-    coverage: Coverage | None = None
-    poller: RootPoller | None = None
-    """Set while the root is watched by polling instead of inotify."""
-    poll_busy: bool = False
-    """The last polling cycle found changes: a copy may still be under way, so a batch
-    holding this root waits for a cycle that finds nothing new (or ``max_wait``)."""
-    problem: str = ""
-    """The last watch ERROR logged for this root (logged again only when it changes)."""
-
-    @property
-    def key(self) -> str:
-        return str(self.root.path)
-
-    def identity(self, health: Health) -> tuple[Any, ...]:
-        return (health.device, health.inode, health.mounts)
-
-
-@dataclass(slots=True)
-class _LastRefresh:
-    time: float
-    result: str
+SEND_GRACE = 0.8
+"""Seconds a stop waits for the answer to a refresh under way (else the batch stays pending)."""
+MAX_SLEEP = 3600.0
+"""Seconds the loop sleeps at most with nothing to do (an item wakes it at once)."""
+ROUND = 2000
+"""Queue items taken in one round before the core decides and the status is written: a
+storm of events is handled in rounds, not one decision per event."""
 
 
 @dataclass(slots=True)
 class _Published:
     signature: tuple[Any, ...] = ()
     changes: int | None = None
-    written_at: float = 0.0
+    written_at: float = -1e9
     status_line: str = ""
 
 
 class Service:
     """The watcher daemon.
 
-    ``resolve_roots`` returns the roots to watch (from the configuration or Jellyfin's
-    libraries) and may raise :class:`~watcher.errors.JellyfinError`; the service then
-    retries with backoff. ``client`` is None in dry-run mode. ``reload`` (for SIGHUP)
-    returns a new configuration and client, or raises ConfigError. ``clock`` returns
-    seconds. ``notifier`` talks to systemd (READY, STATUS, WATCHDOG).
+    ``client`` is None in dry-run mode. ``reload`` (for SIGHUP) returns a new configuration
+    and client, or raises ConfigError. ``clock`` returns seconds (monotonic). ``notifier``
+    talks to systemd (READY, STATUS, WATCHDOG). :meth:`run` raises ConfigError when the
+    roots cannot be resolved at start (nothing to watch).
     """
 
     def __init__(
         self,
         config: Config,
-        resolve_roots: Callable[[Config], Sequence[Root]],
         client: JellyfinClient | None,
         store: StateStore,
         clock: Callable[[], float] = time.monotonic,
@@ -153,7 +79,6 @@ class Service:
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
-        self._resolve_roots = resolve_roots
         self._client = client
         self._store = store
         self._clock = clock
@@ -161,32 +86,12 @@ class Service:
         self._notifier = notifier or Notifier({})
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._stop = threading.Event()
-        self._debouncer = Debouncer(config.quiet_period, config.max_wait)
-        self._ignore = IgnoreFilter(config.ignore)
-        self._records: dict[str, _RootRecord] = {}
-        self._saved = SavedState()
-        self._retry_at = 0.0
-        self._failures = 0
-        self._next_health = 0.0
-        self._next_keepalive = float("inf")
-        self._next_libraries = float("inf")
-        self._held: str = ""
-        self._refused: str = ""
-        self._view_held = ""
-        """Why Jellyfin's view of the roots holds the batch ("" when it agrees)."""
-        self._backup_held = ""
-        """Why a failed backup holds the batch ("" when none did)."""
-        self._backed_up = 0
-        """Removals the last backup covered, for retries of the same batch (0: none yet)."""
-        self._last_backup: dict[str, Any] | None = None
-        self._waiting_for_poll = False
-        self._waiting_for_scan = False
-        self._last_error = ""
-        self._last_refresh: _LastRefresh | None = None
         self._published = _Published()
         self._started = status_file.process_start_time()
-        self._watcher = RootWatcher(self._queue)
-        self.refreshes = 0
+        self._next_keepalive = float("inf")
+        self.core: Core | None = None
+        self._notices = Notices(Policy(config.notify.after, config.notify.rate_limit), socket.gethostname())
+        self._sender = Sender(config.notify.urls, config.notify.timeout)
 
     # --- control, safe from signal handlers and other threads ------------------------
 
@@ -200,576 +105,117 @@ class Service:
         self._queue.put(Reload())
 
     @property
-    def roots(self) -> tuple[Root, ...]:
-        return tuple(record.root for record in self._records.values())
-
-    @property
-    def pending(self) -> Batch | None:
-        return self._debouncer.pending
+    def refreshes(self) -> int:
+        return 0 if self.core is None else self.core.refreshes
 
     # --- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
         """Watch until :meth:`request_stop`; the pending batch is saved on the way out."""
-        self._saved = self._store.load()
-        roots = self._wait_for_roots()
-        if roots is None:
-            return
-        self._records = {str(root.path): _RootRecord(root) for root in roots}
-        self._restore_pending()
+        core = self.core = Core(self.config, self._store.load(), dry_run=self._client is None)
+        executor = Executor(self.config, self._client, self._store, self._queue.put, self._stop, self._reload)
         monitor = MountMonitor(self._queue)
-        self._watcher.start()
         monitor.start()
+        self._sender.start()
+        if self._notifier.watchdog_interval:
+            self._next_keepalive = self._clock()
+        exit_message = ""
         try:
-            self._check_health(self._clock())  # watches the roots; their verification runs on its own thread
-            watched = sorted(record.key for record in self._records.values() if record.watched)
-            logger.info(
-                "watching %d of %d roots: %s",
-                len(watched),
-                len(self._records),
-                ", ".join(watched) if watched else "none yet",
-            )
-            if self._notifier.watchdog_interval:
-                self._next_keepalive = self._clock()
-            if not self.config.roots and self._client is not None:
-                self._next_libraries = self._clock() + self.config.library_interval
-            self._publish(self._clock(), force=True)
-            self._notifier.notify(READY="1", STATUS=self._published.status_line)
-            self._loop()
+            exit_message = self._execute(executor, core.start(self._clock()))
+            if not exit_message:
+                exit_message = self._loop(core, executor)
         finally:
             self._notifier.notify(STOPPING="1")
             monitor.stop()
-            for record in self._records.values():
-                if record.poller is not None:
-                    record.poller.stop()
-            if not self._watcher.stop():
-                # Like a queue overflow: events were lost, so whatever was being handled
-                # is refreshed after the restart instead of being forgotten.
-                logger.warning(
-                    "watching did not stop within 1 s (a thread is stuck on a hung mount): "
-                    "events may be lost, counting every root as changed"
-                )
-                self._debouncer.add_many(self._clock(), self._records)
-            self._save()
-            self._publish(self._clock(), force=True)
-            batch = self._debouncer.pending
-            if batch is None:
-                logger.info("stopped; no changes pending")
-            else:
-                logger.info(
-                    "stopped; %d changes pending under %s, saved in %s and refreshed after restart",
-                    batch.changes,
-                    _list(batch.roots),
-                    self._store.path,
-                )
+            self._sender.stop()
+            stopped = executor.close()
+            self._finish_sending(core, executor)
+            if core.started:
+                self._execute(executor, core.stop(self._clock(), events_lost=not stopped))
+                self._publish(core, self._clock(), force=True)
+                batch = core.pending
+                if batch is None:
+                    logger.info("stopped; no changes pending")
+                else:
+                    logger.info(
+                        "stopped; %d changes pending under %s, saved in %s and refreshed after restart",
+                        batch.changes,
+                        listed(batch.roots),
+                        self._store.path,
+                    )
+        if exit_message:
+            raise ConfigError(exit_message)
 
-    def _loop(self) -> None:
+    def _loop(self, core: Core, executor: Executor) -> str:
+        """Rounds of: wait for an item (or the core's wake-up), feed it and every item
+        already queued to the core, execute what it returns. Returns the message of an
+        :class:`Exit`, or "" on a stop."""
         while not self._stop.is_set():
-            now = self._clock()
-            wake_at = min(
-                self._next_health, self._next_attempt() or float("inf"), self._next_keepalive, self._next_libraries
-            )
+            timeout = min(core.wake_at, self._next_keepalive, self._notices.wake_at) - self._clock()
             try:
-                item = self._queue.get(timeout=max(0.0, wake_at - now))
+                item: object = self._queue.get(timeout=min(max(0.0, timeout), MAX_SLEEP))
             except Empty:
-                item = None
-            now = self._clock()
-            mounts_changed = reload = False
-            polled: list[PollResult] = []
-            pending_before = self._debouncer.pending is not None
-            while item is not None:
+                item = Tick()
+            actions: list[Action] = []
+            for _ in range(ROUND):
                 if isinstance(item, Stop):
-                    return
-                if isinstance(item, Change):
-                    self._on_change(item, now)
-                elif isinstance(item, MountsChanged):
-                    mounts_changed = True
-                elif isinstance(item, Reload):
-                    reload = True
-                elif isinstance(item, PollResult):
-                    polled.append(item)
-                elif isinstance(item, _Verified):
-                    self._on_verified(item)
-                elif isinstance(item, EventsLost):
-                    logger.warning("the kernel's event queue overflowed: counting every root as changed")
-                    self._debouncer.add_many(now, self._records)
+                    return ""
+                actions += core.handle(self._clock(), item)
                 try:
                     item = self._queue.get_nowait()
                 except Empty:
-                    item = None
+                    break
+            else:
+                self._queue.put(item)  # the rest waits for the next round
+            now = self._clock()
+            actions += core.advance(now)
+            message = self._execute(executor, actions)
+            if message:
+                return message
             self._keepalive()
-            if reload:
-                self._apply_reload(now)
-            elif now >= self._next_libraries:
-                self._reread_libraries(now)
-            if not pending_before and self._debouncer.pending is not None:
-                self._save()
-            if mounts_changed or now >= self._next_health or self._poll_needs_check(polled):
-                self._check_health(now)
-            for result in polled:
-                self._on_poll(result, now)
-            attempt_at = self._next_attempt()
-            if attempt_at is not None and now >= attempt_at:
-                try:
-                    self._attempt_refresh(now)
-                except Interrupted:
-                    return
-            self._publish(self._clock())
-
-    def _next_attempt(self) -> float | None:
-        deadline = self._debouncer.deadline()
-        if deadline is None:
-            return None
-        return max(deadline, self._retry_at)
-
-    def _on_change(self, change: Change, now: float) -> None:
-        event = change.event
-        paths = [str(event.src_path)]
-        if getattr(event, "dest_path", ""):
-            paths.append(str(event.dest_path))
-        if event.is_directory and str(event.src_path) == change.root and event.event_type in ("deleted", "moved"):
-            logger.warning("%s was %s: it is watched again when it reappears", change.root, event.event_type)
-            self._next_health = now
-        if self._ignore.ignores_all(change.root, paths):
-            return
-        removal = event.event_type in ("deleted", "moved")
-        for path in paths:
-            if path == change.root or path.startswith(change.root.rstrip("/") + "/"):
-                self._debouncer.add(now, change.root, folder=os.path.dirname(path) or change.root, removal=removal)
-        if self._refused:
-            self._retry_at = 0.0  # files came back or went: predict again once the batch is due
-
-    @staticmethod
-    def _poll_needs_check(results: Sequence[PollResult]) -> bool:
-        """A polling cycle that failed or found changes is checked against the root's health
-        first: an unmount or a hung share must not read as a flood of deletions."""
-        return any(result.failed or result.changed for result in results)
-
-    def _on_poll(self, result: PollResult, now: float) -> None:
-        record = self._records.get(result.root)
-        if record is None or record.poller is None:
-            return
-        if result.first:
-            self._watcher.unwatch(record.root.path)  # the baseline is taken: polling alone from now on
-        if result.failed:
-            logger.debug("polling %s: %s", result.root, result.failed)
-            return
-        if record.health is not None and not record.health.healthy:
-            return  # the health gate holds it; the root is counted as changed when it is back
-        for folder in result.changed:
-            self._debouncer.add(now, result.root, folder=folder)
-        busy = bool(result.changed) and not result.first
-        if record.poll_busy and not busy and self._waiting_for_poll:
-            self._retry_at = now  # the copy is over: the held batch may go
-            self._waiting_for_poll = False
-        record.poll_busy = busy
-
-    # --- health ------------------------------------------------------------------------
-
-    def _check_health(self, now: float) -> list[Health]:
-        """Probe every root, log state changes, (re)watch roots that are back and settled."""
-        records = list(self._records.values())
-        results = probe_roots(
-            [record.root for record in records],
-            self._saved.expected_mounts(),
-            self.config.probe_timeout,
-            self._stop,
-            self._saved.expected_below(),
-        )
-        if self._stop.is_set():
-            return results
-        learned = False
-        rewatched = []
-        for record, health in zip(records, results):
-            previous = record.health
-            record.health = health
-            if previous is None or previous.state is not health.state:
-                if not health.healthy:
-                    logger.warning("%s", health.describe())
-                elif previous is not None:
-                    logger.info("%s is healthy again", record.key)
-            if not health.healthy:
-                record.back_since = None
-                if health.state in (State.MISSING, State.UNMOUNTED) and record.watched:
-                    self._unwatch(record)
-                elif health.state is State.EMPTY and not record.watched:
-                    # An empty folder is watched all the same, so that its first files are
-                    # seen; a disk mounted over it later changes its identity (mount ID) and
-                    # the root is watched again then.
-                    if self._watch(record, health):
-                        rewatched.append(record)
-                continue
-            learned |= health.learn_into(self._saved)
-            if previous is None and not record.watched:
-                if self._watch(record, health):
-                    rewatched.append(record)
-                continue
-            if record.watched and record.watched_as == record.identity(health):
-                record.back_since = None
-                continue
-            if record.back_since is None:
-                record.back_since = now
-                if self.config.settle > 0:
-                    logger.info(
-                        "%s is back: watching it again once it has stayed healthy for %g s",
-                        record.key,
-                        self.config.settle,
-                    )
-            if now - record.back_since >= self.config.settle:
-                record.back_since = None
-                if self._watch(record, health):
-                    rewatched.append(record)
-                    logger.info("watching %s again; counting it as changed, files may have arrived while it was away", record.key)
-                    self._debouncer.add(now, record.key)
-        if learned:
-            self._save()
-        self._verify(rewatched)
-        if self._held and not any(self._reason(record, now) for record in records):
-            self._retry_at = min(self._retry_at, now)  # the kept batch need not wait for the next recheck
-        settling = [record.back_since + self.config.settle for record in records if record.back_since is not None]
-        self._next_health = min([now + self.config.health_interval, *settling])
-        return results
-
-    def _mode(self, record: _RootRecord, health: Health) -> str:
-        """``poll`` or ``events`` for this root: its ``mode``, or for ``auto`` polling on
-        network filesystems (inotify does not see changes made on the server)."""
-        if record.root.mode != "auto":
-            return record.root.mode
-        return "poll" if health.fstype in self.config.network_fstypes else "events"
-
-    def _unwatch(self, record: _RootRecord) -> None:
-        if record.poller is not None:
-            record.poller.stop()
-            record.poller = None
-        self._watcher.unwatch(record.root.path)
-        record.watched = False
-
-    def _poll(self, record: _RootRecord, why: str, events_meanwhile: bool = False) -> None:
-        """Watch ``record`` by polling from now on. ``events_meanwhile``: keep its inotify
-        watch until the first polling cycle has taken its baseline; a change made between
-        the two would be seen by neither."""
-        if events_meanwhile:
-            if record.poller is not None:
-                record.poller.stop()
-                record.poller = None
-        else:
-            self._unwatch(record)
-        interval = record.root.poll_interval or self.config.poll_interval
-        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
-        record.poller = RootPoller(record.root.path, interval, timeout, self._ignore.regex, self._queue.put)
-        record.poller.start()
-        record.watched = True
-        logger.info("polling %s every %g s: %s", record.key, interval, why)
-
-    def _watch(self, record: _RootRecord, health: Health) -> bool:
-        if self._mode(record, health) == "poll":
-            why = "configured mode = \"poll\""
-            if record.root.mode == "auto":
-                why = f"{health.fstype} is a network filesystem, inotify cannot see changes made on the server"
-            self._poll(record, why)
-            record.watched_as = record.identity(health)
-            record.problem = ""
-            return True
-        self._unwatch(record)
-        problem = self._watcher.watch(record.root.path)
-        if problem is not None:
-            record.watched = False
-            message = f"cannot watch {record.key}: {problem}"
-            if message != record.problem:
-                logger.error("%s", message)
-                record.problem = message
-            return False
-        record.watched = True
-        record.watched_as = record.identity(health)
-        record.problem = ""
-        return True
-
-    def _verify(self, records: Sequence[_RootRecord]) -> None:
-        """Compare each root's folders with the kernel's watches, on a thread of its own:
-        the listing walks every tree (seconds on a large share; up to ``VERIFY_TIMEOUT`` on
-        a hung one) and the loop must not wait for it. The result comes back as a
-        :class:`_Verified` queue item."""
-        records = [record for record in records if record.poller is None]
-        if not records:
-            return
-        timeout = max(self.config.probe_timeout, VERIFY_TIMEOUT)
-        identities = [(record.key, record.watched_as) for record in records]
-        paths = [record.root.path for record in records]
-        ignore = self._ignore.regex
-
-        def run() -> None:
-            self._queue.put(_Verified(tuple(identities), tuple(coverage(paths, timeout, self._stop, ignore))))
-
-        threading.Thread(target=run, name="verify-watches", daemon=True).start()
-
-    def _on_verified(self, verified: _Verified) -> None:
-        """ERROR on a shortfall, and poll the root instead where its ``fallback`` says so.
-        A root watched again (or dropped) since the listing began is left to the next one."""
-        for (key, watched_as), result in zip(verified.roots, verified.results):
-            record = self._records.get(key)
-            if record is None or not record.watched or record.poller is not None or record.watched_as != watched_as:
-                continue
-            record.coverage = result
-            problem = result.problem()
-            if problem is None:
-                logger.debug("%s: all %d folders watched", record.key, result.folders)
-                continue
-            if problem != record.problem:
-                logger.error("%s", problem)
-                record.problem = problem
-            if record.root.fallback == "poll":
-                self._poll(record, "inotify cannot watch all of it (fallback = \"poll\")", events_meanwhile=True)
-
-    def _reason(self, record: _RootRecord, now: float) -> str:
-        """Why ``record`` blocks a refresh ("" when it is ready, or its health gate is off)."""
-        if not record.root.health_gate:
-            return ""
-        if record.health is not None and not record.health.healthy:
-            return record.health.describe()
-        if record.back_since is not None:
-            return f"{record.key} is back but settling ({now - record.back_since:.0f} s of {self.config.settle:g} s)"
+            self._publish(core, self._clock())
+            self._notify(core, self._clock())
         return ""
 
-    # --- refresh -----------------------------------------------------------------------
+    def _notify(self, core: Core, now: float) -> None:
+        """Hand the notices due now (:mod:`watcher.core.notices`) to the sender (which never
+        blocks: a slow or failing service delays nothing here)."""
+        config = core.config
+        if (config.notify.urls, config.notify.timeout) != (self._sender.urls, self._sender.timeout):
+            self._sender.stop()  # reloaded with other URLs
+            self._sender = Sender(config.notify.urls, config.notify.timeout)
+            self._sender.start()
+        self._notices.policy = Policy(config.notify.after, config.notify.rate_limit)
+        if self._sender.enabled:
+            self._sender.send(self._notices.update(now, daemon_view(core, now)))
 
-    def _attempt_refresh(self, now: float) -> None:
-        batch = self._debouncer.pending
-        assert batch is not None
-        busy = [self._records[key] for key in batch.roots if key in self._records and self._records[key].poll_busy]
-        if busy and now - batch.first_change < self.config.max_wait:
-            # Polling sees a copy in slices, one per cycle: wait for a cycle that finds
-            # nothing new, or the copy becomes two refreshes and a half-copied file is scanned.
-            self._waiting_for_poll = True
-            interval = min(record.root.poll_interval or self.config.poll_interval for record in busy)
-            self._retry_at = min(now + interval, batch.first_change + self.config.max_wait)
-            return
-        self._check_health(now)
-        if self._stop.is_set():
-            raise Interrupted
-        batch = self._debouncer.pending
-        assert batch is not None
-        ready_roots, blocked = self._gate(batch, now)
-        if blocked:
-            self._hold(batch, ready_roots, blocked, now)
-            if not ready_roots:
-                return
-        elif self._held:
-            logger.info("every root is healthy again: sending the kept batch")
-            self._held = ""
-        if ready_roots == batch.roots:
-            description = f"{batch.changes} changes under {_list(batch.roots)}"
-        else:
-            description = f"the changes under {_list(ready_roots)}"
-        logger.info("batch due: %s", description)
-        client = self._client
-        asked = False
-        if client is not None and self.config.scope == "server":
-            asked = True
+    def _finish_sending(self, core: Core, executor: Executor) -> None:
+        """A refresh under way when the stop came: wait a moment for its answer, so that a
+        refresh Jellyfin took is not counted as pending (and sent again after a restart).
+        Other items are dropped: the loop is over."""
+        deadline = self._clock() + SEND_GRACE
+        while core.jobs.sending is not None:
             try:
-                if self._call(client.library_scan_running):
-                    if not self._waiting_for_scan:
-                        logger.info("a library scan is running in Jellyfin: waiting for it to end before refreshing")
-                        self._waiting_for_scan = True
-                    self._retry_at = self._clock() + SCAN_RUNNING_RECHECK
-                    return
-            except JellyfinError as error:
-                self._failed(error, batch)
+                item = self._queue.get(timeout=max(0.0, deadline - self._clock()))
+            except Empty:
                 return
-            self._waiting_for_scan = False
-        if client is not None and self.config.server_view:
-            asked = True
-            try:
-                held = self._call(lambda: self._check_views(client, batch, ready_roots))
-            except JellyfinError as error:
-                self._failed(error, batch)
-                return
-            if held:
-                if held != self._view_held:
-                    logger.warning("refresh held: %s; keeping %d changes", held, batch.changes)
-                    self._view_held = held
-                self._retry_at = now + SUPPRESSED_RECHECK
-                return
-            if self._view_held:
-                logger.info("Jellyfin's view of the roots agrees with this machine's again: refreshing")
-                self._view_held = ""
-        # A root whose health gate is off may be refreshed while unhealthy (a disk below it
-        # gone): a scan can then remove items whatever the batch holds.
-        ungated = any(not r.root.health_gate and r.health is not None and not r.health.healthy for r in self._records.values())
-        if client is not None and self.config.guard and (batch.removals or ungated):
-            asked = True
-            try:
-                refusal, removals = self._call(partial(self._predict, client, ready_roots))
-            except JellyfinError as error:
-                self._failed(error, batch)
-                return
-            if refusal:
-                if refusal != self._refused:
-                    logger.error("refresh refused: %s; keeping the changes", refusal)
-                    self._refused = refusal
-                self._retry_at = now + GUARD_RECHECK
-                return
-            if self._refused:
-                logger.info("the loss guard no longer objects: refreshing")
-                self._refused = ""
-            if self.config.backup and backup_due(removals, 0, self.config.backup_min_removals) and removals > self._backed_up:
-                if not self._back_up(client, removals, now):
-                    return
-        if asked:
-            # Jellyfin's answers above may each take up to jellyfin.timeout: probe again right
-            # before the refresh, so that storage gone in the meantime still holds it back.
-            now = self._clock()
-            self._check_health(now)
-            if self._stop.is_set():
-                raise Interrupted
-            still_ready, blocked = self._gate(batch, now)
-            if blocked:
-                self._hold(batch, still_ready, blocked, now)
-                ready_roots &= still_ready
-                if not ready_roots:
-                    return
-        taken = self._debouncer.take(ready_roots)
-        if taken is None:
-            return
-        roots = {key: record.root for key, record in self._records.items()}
-        requests = plan(taken, roots, self.config.scope, self.config.jellyfin_path)
-        if client is None:
-            for request in requests:
-                logger.info("dry run: would send %s for %s", request.describe(), description)
-            self._refreshed(now, "dry run: not sent")
-            return
-        sent: set[str] = set()
-        try:
-            for request in requests:
-                self._call(lambda request=request: send(client, request))
-                sent |= request.roots
-                logger.info("refresh sent: %s for %s", request.describe(), description)
-        except BaseException as error:
-            unsent = taken.roots - sent
-            self._debouncer.restore(_part(taken, unsent) if sent else taken)
-            if isinstance(error, JellyfinError):
-                self._failed(error, taken)
-                return
-            raise
-        self._refreshed(now, "sent")
+            if isinstance(item, SendDone):
+                for action in core.handle(self._clock(), item):
+                    if not isinstance(action, (Ready, Exit)):
+                        executor.execute(action)
 
-    def _hold(self, batch: Batch, ready_roots: frozenset[str], blocked: Sequence[str], now: float) -> None:
-        """The health gate holds (part of) ``batch`` back: say why, once per reason; recheck later."""
-        held = "; ".join(blocked)
-        if held != self._held:
-            kept = f"{batch.changes} changes" if not ready_roots else f"the changes under {_list(batch.roots - ready_roots)}"
-            logger.warning("refresh suppressed: %s; keeping %s until every root is healthy", held, kept)
-            self._held = held
-        self._retry_at = now + SUPPRESSED_RECHECK
-
-    def _check_views(self, client: JellyfinClient, batch: Batch, ready_roots: frozenset[str]) -> str:
-        """Compare Jellyfin's view with this machine's for the roots a refresh of ``ready_roots``
-        would scan; returns why the refresh must wait ("" when the views agree)."""
-        records = list(self._records.values())
-        if self.config.scope != "server":
-            libraries = {self._records[key].root.library_id for key in ready_roots if key in self._records}
-            if None not in libraries:
-                records = [record for record in records if record.root.library_id in libraries]
-        healths = [record.health for record in records if record.health is not None]
-        comparisons = check_roots(client, self.config, healths, batch.folders, self._stop)
-        for comparison in comparisons:
-            logger.debug("%s: %s", comparison.target.local, comparison.describe())
-        return "; ".join(reasons(comparisons))
-
-    def _back_up(self, client: JellyfinClient, removals: int, now: float) -> bool:
-        """Ask Jellyfin for a backup before removing ``removals`` items; False when the refresh
-        must wait (the backup failed and ``backup.hold_on_failure`` is set)."""
-        try:
-            archive = self._call(lambda: create_backup(
-                client, self.config.backup_contents, self.config.backup_timeout, self.config.server))
-        except BackupUnavailable as error:
-            logger.info("no backup before removing %d items: %s; the loss guard alone applies", removals, error)
-            self._backed_up = removals
-            return True
-        except JellyfinError as error:
-            message = f"the backup before removing {removals} items failed: {error}"
-            if not self.config.backup_hold_on_failure:
-                logger.warning("%s; refreshing without one (backup.hold_on_failure = false)", message)
-                return True
-            if message != self._backup_held:
-                logger.error("refresh held: %s; keeping the changes (backup.hold_on_failure = false refreshes "
-                             "without one)", message)
-                self._backup_held = message
-            self._retry_at = now + GUARD_RECHECK
-            return False
-        self._backed_up = removals
-        self._backup_held = ""
-        self._last_backup = {"archive": archive.name, "path": archive.path, "holds": list(archive.holds),
-                             "version": archive.version, "time": time.time(), "removals": removals}
-        logger.info("backup written before removing %d items: %s", removals, archive.describe())
-        return True
-
-    def _predict(self, client: JellyfinClient, roots: frozenset[str]) -> tuple[str, int]:
-        """Run the loss guard for the libraries a refresh of ``roots`` would scan; returns
-        the refusal ("" when the refresh may go ahead) and the items predicted to go."""
-        libraries = client.libraries()
-        wanted = {self._records[key].root.library_id for key in roots if key in self._records}
-        if self.config.scope != "server" and None not in wanted:
-            libraries = [library for library in libraries if library.item_id in wanted]
-        refusals = []
-        removals = 0
-        timeout = self.config.guard_timeout
-        for library in libraries:
-            prediction = predict(client, library, lambda path: str(self.config.map_path(path)), timeout, self._stop)
-            removals += prediction.missing
-            logger.debug("loss guard: %s (%d pages)", prediction.describe(), prediction.pages)
-            count, share = self.config.limits_for(library.name)
-            if prediction.refused(Limits(count, share)):
-                hint = "" if prediction.unresponsive else (
-                    f" (if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {prediction.missing})"
-                )
-                refusals.append(prediction.describe() + hint)
-        return "; ".join(refusals), removals
-
-    def _gate(self, batch: Batch, now: float) -> tuple[frozenset[str], list[str]]:
-        """Which of the batch's roots may be refreshed now, and why the others may not.
-
-        ``gate = "all"`` (or a server-wide scope): every root must be ready, else nothing
-        goes. ``gate = "library"``: a library may be refreshed when all of *its* roots are
-        ready; a root with no known library needs every root ready.
-        """
-        blocked = {record.key: reason for record in self._records.values() if (reason := self._reason(record, now))}
-        if not blocked:
-            return batch.roots, []
-        if self.config.gate == "all" or self.config.scope == "server":
-            return frozenset(), list(blocked.values())
-        library_of = {key: record.root.library_id for key, record in self._records.items()}
-        blocked_libraries = {library_of[key] for key in blocked}
-        wanted = {library_of.get(key) for key in batch.roots}
-        ready = frozenset(
-            key for key in batch.roots if library_of.get(key) is not None and library_of[key] not in blocked_libraries
-        )
-        relevant = [reason for key, reason in blocked.items() if None in wanted or library_of[key] in wanted]
-        return ready, relevant
-
-    def _refreshed(self, now: float, result: str) -> None:
-        self.refreshes += 1
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error = ""
-        self._backed_up = 0
-        self._backup_held = self._view_held = ""
-        self._last_refresh = _LastRefresh(time.time(), result)
-        self._save()
-
-    def _failed(self, error: JellyfinError, batch: Batch) -> None:
-        self._failures += 1
-        delay = min(self.config.backoff_max, BACKOFF_START * 2 ** (self._failures - 1))
-        self._retry_at = self._clock() + delay
-        message = str(error)
-        self._last_refresh = _LastRefresh(time.time(), f"failed: {message}")
-        if isinstance(error, SetupError):  # the key, a certificate, a redirect, a proxy: said once
-            if message != self._last_error:
-                logger.error("%s; keeping %d changes and watching on", message, batch.changes)
-        elif isinstance(error, ServerUnavailable):
-            logger.warning("refresh failed: %s; keeping %d changes, retrying in %g s", message, batch.changes, delay)
-        else:
-            logger.error("refresh failed: %s; keeping %d changes, retrying in %g s", message, batch.changes, delay)
-        self._last_error = message
+    def _execute(self, executor: Executor, actions: list[Action]) -> str:
+        for action in actions:
+            match action:
+                case Ready():
+                    assert self.core is not None
+                    self._publish(self.core, self._clock(), force=True)
+                    self._notifier.notify(READY="1", STATUS=self._published.status_line)
+                case Exit(message=message):
+                    return message
+                case _:
+                    executor.execute(action)
+        return ""
 
     def _keepalive(self) -> None:
         """Send WATCHDOG=1 if one is due."""
@@ -778,226 +224,24 @@ class Service:
             self._notifier.notify(WATCHDOG="1")
             self._next_keepalive = now + (self._notifier.watchdog_interval or float("inf"))
 
-    def _call(self, function: Callable[[], _T]) -> _T:
-        """Run a blocking Jellyfin request on a daemon thread; give up waiting on stop."""
-        outcome: dict[str, Any] = {}
-        done = threading.Event()
-
-        def target() -> None:
-            try:
-                outcome["value"] = function()
-            except BaseException as error:  # handed to the loop's thread
-                outcome["error"] = error
-            finally:
-                done.set()
-
-        threading.Thread(target=target, name="jellyfin-request", daemon=True).start()
-        while not done.wait(0.1):
-            if self._stop.is_set():
-                raise Interrupted
-            self._keepalive()  # alive, waiting with a deadline: keep systemd's watchdog fed
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]  # type: ignore[no-any-return]
-
-    # --- configuration ---------------------------------------------------------------
-
-    def _apply_reload(self, now: float) -> None:
-        """SIGHUP: read the configuration again; keep the old one if the new one is bad.
-        The pending batch is kept either way."""
-        if self._reload is None:
-            return
-        try:
-            config, client = self._reload()
-            roots = self._call(lambda: self._resolve_roots(config))
-        except (ConfigError, JellyfinError) as error:
-            logger.error("configuration not reloaded, keeping the previous one: %s", error)
-            return
-        except Interrupted:
-            return
-        if self._client is not None and self._client is not client:
-            self._client.close()
-        self.config, self._client = config, client
-        self._debouncer.quiet_period = config.quiet_period
-        self._debouncer.max_wait = config.max_wait
-        self._ignore = IgnoreFilter(config.ignore)
-        self._set_roots(roots, "configuration")
-        logger.info("configuration reloaded")
-        self._check_health(now)
-
-    def _reread_libraries(self, now: float) -> None:
-        """Every ``library_interval``: pick up libraries added or removed in Jellyfin."""
-        self._next_libraries = now + self.config.library_interval
-        try:
-            roots = self._call(lambda: self._resolve_roots(self.config))
-        except (ConfigError, JellyfinError) as error:
-            logger.warning("cannot re-read the libraries from Jellyfin: %s; keeping the current roots", error)
-            return
-        if self._set_roots(roots, "Jellyfin's libraries"):
-            self._check_health(now)
-
-    def _set_roots(self, roots: Sequence[Root], source: str) -> bool:
-        """Watch the new roots and drop the removed ones, one log line each. True if the
-        set changed. The pending batch is kept whole."""
-        wanted = {str(root.path): root for root in roots}
-        changed = False
-        for key in sorted(set(self._records) - set(wanted)):
-            self._unwatch(self._records.pop(key))
-            logger.info("no longer watching %s (removed from %s)", key, source)
-            changed = True
-        for key, root in wanted.items():
-            record = self._records.get(key)
-            if record is None:
-                self._records[key] = _RootRecord(root)
-                library = f", library {root.library_name}" if root.library_name else ""
-                logger.info("now watching %s (added to %s%s)", key, source, library)
-                changed = True
-            elif record.root != root:
-                record.root = root
-        return changed
-
-    # --- start-up, state and status --------------------------------------------------
-
-    def _wait_for_roots(self) -> Sequence[Root] | None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                return self._call(lambda: self._resolve_roots(self.config))
-            except Interrupted:
-                return None
-            except JellyfinError as error:
-                failures += 1
-                delay = min(self.config.backoff_max, BACKOFF_START * 2 ** (failures - 1))
-                logger.warning("cannot read the libraries from Jellyfin: %s; retrying in %g s", error, delay)
-                if self._stop.wait(delay):
-                    return None
-        return None
-
-    def _restore_pending(self) -> None:
-        pending = self._saved.pending
-        if pending is None:
-            return
-        roots = [root for root in pending.roots if root in self._records] or sorted(self._records)
-        past = self._clock() - max(self.config.quiet_period, self.config.max_wait)
-        # The state file keeps roots and a count, not the folders that changed: each root
-        # counts as changed as a whole, or a path-scoped refresh would cover only the
-        # folders of changes made after the restart.
-        self._debouncer.restore(Batch(frozenset(roots), pending.changes, past, past, whole_roots=frozenset(roots)))
-        logger.info(
-            "%d changes under %s were pending when the watcher last stopped: refreshing them once every root is healthy",
-            pending.changes,
-            _list(roots),
-        )
-
-    def _save(self) -> None:
-        batch = self._debouncer.pending
-        self._saved.pending = None if batch is None else PendingChanges(sorted(batch.roots), batch.changes)
-        self._store.save(self._saved)
-
-    def _publish(self, now: float, force: bool = False) -> None:
+    def _publish(self, core: Core, now: float, force: bool = False) -> None:
         """Write the status file and send STATUS= when the state changed (a change of the
         pending count alone is written at most every few seconds)."""
-        batch = self._debouncer.pending
-        held = self._held or self._refused or self._view_held or self._backup_held or (
-            self._last_error if batch is not None and self._last_error else "")
-        roots = []
-        for record in self._records.values():
-            health = record.health
-            roots.append(
-                {
-                    "path": record.key,
-                    "mount_point": str(health.mount_point) if health and health.mount_point else None,
-                    "fstype": health.fstype if health else None,
-                    "state": "settling" if record.back_since is not None else (health.state.value if health else "unknown"),
-                    "reason": health.reason if health else "",
-                    "watched": record.watched,
-                    "watched_directories": (
-                        record.poller.directories
-                        if record.poller is not None
-                        else record.coverage.watched if record.coverage else None
-                    ),
-                    "mode": "poll" if record.poller is not None else "events" if record.watched else None,
-                }
-            )
-        pending = None
-        if batch is not None:
-            due = self._next_attempt()
-            pending = {
-                "changes": batch.changes,
-                "roots": sorted(batch.roots),
-                "due": None if due is None else time.time() + (due - now),
-                "held": held or None,
-            }
-        last = None if self._last_refresh is None else {"time": self._last_refresh.time, "result": self._last_refresh.result}
-        signature = (
-            tuple((root["path"], root["state"], root["reason"], root["watched"], root["watched_directories"]) for root in roots),
-            None if batch is None else (batch.roots, held, batch.first_change),
-            None if last is None else (last["time"], last["result"]),
-            self._stop.is_set(),
-            None if self._last_backup is None else self._last_backup["time"],
-        )
-        changes = None if batch is None else batch.changes
+        shown = snapshot(core, now)
+        mark = (signature(shown), self._stop.is_set())
+        changes = None if shown.pending is None else shown.pending.changes
         count_due = changes != self._published.changes and now - self._published.written_at >= STATUS_COUNT_INTERVAL
-        if not force and signature == self._published.signature and not count_due:
+        if not force and mark == self._published.signature and not count_due:
             return
-        self._published.signature = signature
+        self._published.signature = mark
         self._published.changes = changes
         self._published.written_at = now
-        document = {
-            "pid": os.getpid(),
-            "started": self._started,
-            "dry_run": self._client is None,
-            "roots": roots,
-            "pending": pending,
-            "last_refresh": last,
-            "last_backup": self._last_backup,
-        }
+        status = document(shown, time.time() - now, os.getpid(), self._started)
         try:
-            status_file.write(self.config.state_dir, document)
+            status_file.write(core.config.state_dir, status)
         except OSError as error:
             logger.debug("cannot write the status file: %s", error)
-        line = _status_line(document)
+        line = status_line(status)
         if line != self._published.status_line:
             self._published.status_line = line
             self._notifier.notify(STATUS=line)
-
-
-def _status_line(document: dict[str, Any]) -> str:
-    """``watching 4 roots · 1 unhealthy: /mnt/usb (unmounted) · 37 changes pending · last refresh 12:03``"""
-    roots = document["roots"]
-    parts = [f"watching {sum(1 for root in roots if root['watched'])} of {len(roots)} roots"]
-    unhealthy = [root for root in roots if root["state"] != "healthy"]
-    if unhealthy:
-        parts.append(f"{len(unhealthy)} unhealthy: " + ", ".join(f"{root['path']} ({root['state']})" for root in unhealthy))
-    pending = document["pending"]
-    if pending:
-        parts.append(f"{pending['changes']} changes pending" + (" (held back)" if pending.get("held") else ""))
-    last = document["last_refresh"]
-    if last:
-        parts.append(f"last refresh {time.strftime('%H:%M', time.localtime(last['time']))} ({last['result'].split(':')[0]})")
-    return " · ".join(parts)
-
-
-def send(client: JellyfinClient, request: RefreshRequest) -> None:
-    """Send one planned refresh request. Raises JellyfinError."""
-    if request.kind == "server":
-        client.refresh_library()
-    elif request.kind == "library":
-        assert request.library_id is not None
-        client.refresh_item(request.library_id)
-    else:
-        client.media_updated(request.paths)
-
-
-def _part(batch: Batch, roots: frozenset[str]) -> Batch:
-    """The part of ``batch`` under ``roots`` (its change count shared out by root)."""
-    share = max(1, batch.changes * len(roots) // max(1, len(batch.roots)))
-    folders = frozenset(f for f in batch.folders if any(f == r or f.startswith(r.rstrip("/") + "/") for r in roots))
-    return Batch(roots, share, batch.first_change, batch.last_change, folders, batch.whole_roots & roots)
-
-
-def _list(roots: Any) -> str:
-    items = sorted(roots)
-    if len(items) <= 3:
-        return ", ".join(items)
-    return f"{', '.join(items[:3])} and {len(items) - 3} more"

@@ -2,6 +2,9 @@
 
 * the mount point each root was last seen healthy on, so that a watcher restarted while a
   USB disk is away does not learn ``/`` as the disk's mount point;
+* for a root on a union filesystem (a mergerfs pool), each branch of the pool: its mount
+  point and whether it held files, as last seen healthy, so that a branch whose disk is
+  gone is noticed although the pool keeps answering;
 * the pending batch (roots and change count), so that changes owed a refresh when the
   process stopped or crashed are refreshed after a restart, through the health gate.
 
@@ -35,6 +38,20 @@ class PendingChanges:
     changes: int
 
 
+@dataclass(frozen=True, slots=True)
+class LearnedBranch:
+    """A branch of the pool a root lives on, as last seen healthy: the ``pool`` (its mount
+    point) and its ``kind`` (``mergerfs``, ``overlayfs``), the branch's ``mode`` (``RW``,
+    ``RO``, ``NC``, ``lower``, ``upper``), the ``mount`` point it lived on, and whether it
+    ``held_files`` (had entries)."""
+
+    pool: str
+    kind: str
+    mode: str
+    mount: str
+    held_files: bool
+
+
 @dataclass(slots=True)
 class SavedState:
     mounts: dict[str, str] = field(default_factory=dict)
@@ -42,6 +59,8 @@ class SavedState:
     below: dict[str, list[str]] = field(default_factory=dict)
     """Root path → mount points seen below it while healthy (disks mounted inside it)."""
     pending: PendingChanges | None = None
+    branches: dict[str, dict[str, LearnedBranch]] = field(default_factory=dict)
+    """Root path → branch path → what was learned about that branch of the root's pool."""
 
     def expected_mounts(self) -> dict[Path, Path]:
         """Root path → the mount point it must live on, as ``health.probe_roots`` takes it."""
@@ -65,10 +84,38 @@ class SavedState:
             learned = True
         return learned
 
+    def expected_branches(self) -> dict[Path, dict[str, LearnedBranch]]:
+        """Root path → the branches of its pool learned while healthy, by branch path."""
+        return {Path(path): dict(branches) for path, branches in self.branches.items()}
+
+    def learn_branch(self, root: str, branch: str, learned: LearnedBranch) -> bool:
+        """Remember a branch of ``root``'s pool seen healthy. Its mount point is kept once
+        known (a later one would be learned while its disk is away), unless the new one
+        lies inside it: a disk now mounted where the branch was first seen without one
+        (the watcher started while it was away). That it held files, once seen, stays (a
+        branch found empty later is the fault to catch). True if anything new was learned."""
+        known = self.branches.get(root, {}).get(branch)
+        if known is not None:
+            deeper = learned.mount.startswith(known.mount.rstrip("/") + "/")
+            merged = LearnedBranch(
+                learned.pool,
+                learned.kind,
+                learned.mode,
+                learned.mount if deeper else known.mount,
+                known.held_files or learned.held_files,
+            )
+        else:
+            merged = learned
+        if merged == known:
+            return False
+        self.branches.setdefault(root, {})[branch] = merged
+        return True
+
     def forget(self, root: str) -> None:
         """Drop what was learned about ``root`` (``check --relearn``)."""
         self.mounts.pop(root, None)
         self.below.pop(root, None)
+        self.branches.pop(root, None)
 
 
 class StateStore:
@@ -112,6 +159,14 @@ class StateStore:
             "below": state.below,
             "pending": None if state.pending is None else {"roots": state.pending.roots, "changes": state.pending.changes},
         }
+        if state.branches:  # only for roots on a pool: the file stays as it was for the others
+            data["branches"] = {
+                root: {
+                    path: {"pool": b.pool, "kind": b.kind, "mode": b.mode, "mount": b.mount, "held_files": b.held_files}
+                    for path, b in branches.items()
+                }
+                for root, branches in state.branches.items()
+            }
         try:
             atomic_write_json(self.path, data)
         except OSError as error:
@@ -160,7 +215,9 @@ def _decode(data: Any) -> SavedState:
     ):
         raise ValueError("below: expected an object of string lists")
     pending = data.get("pending")
-    saved = SavedState(mounts=dict(mounts), below={key: list(value) for key, value in below.items()})
+    saved = SavedState(
+        mounts=dict(mounts), below={key: list(value) for key, value in below.items()}, branches=_decode_branches(data)
+    )
     if pending is not None:
         roots = pending["roots"]
         changes = pending["changes"]
@@ -169,3 +226,24 @@ def _decode(data: Any) -> SavedState:
         if changes > 0:
             saved.pending = PendingChanges(roots=list(roots), changes=changes)
     return saved
+
+
+def _decode_branches(data: dict[str, Any]) -> dict[str, dict[str, LearnedBranch]]:
+    branches = data.get("branches") or {}
+    if not isinstance(branches, dict):
+        raise TypeError("branches: expected an object")
+    decoded: dict[str, dict[str, LearnedBranch]] = {}
+    for root, entries in branches.items():
+        if not isinstance(root, str) or not isinstance(entries, dict):
+            raise TypeError("branches: expected an object of objects")
+        for path, entry in entries.items():
+            if not isinstance(path, str) or not isinstance(entry, dict):
+                raise TypeError("branches: expected an object of objects")
+            pool, kind, mode, mount = (entry.get(key) for key in ("pool", "kind", "mode", "mount"))
+            held = entry.get("held_files")
+            if not (isinstance(pool, str) and isinstance(kind, str) and isinstance(mode, str) and isinstance(mount, str)):
+                raise TypeError("branches: expected pool, kind, mode and mount as strings")
+            if not isinstance(held, bool):
+                raise TypeError("branches: expected held_files as true or false")
+            decoded.setdefault(root, {})[path] = LearnedBranch(pool, kind, mode, mount, held)
+    return decoded

@@ -8,8 +8,13 @@ recorded start time, so a recycled pid does not pass for the daemon.
 Shape (``version`` 1; times are seconds since the epoch)::
 
     {"version": 1, "pid": int, "started": float (process_start_time()), "updated": float, "dry_run": bool,
+     "verified": bool (no watch verification is running: every folder that can be watched is),
      "roots": [{"path", "mount_point", "fstype", "state", "reason", "watched": bool,
-                "watched_directories": int | null}],
+                "watched_directories": int | null, "mode": "events" | "poll" | null,
+                "poll": "mtime" | "list" | null,
+                "verification": "running" | "complete" | "shortfall" | "incomplete" | null,
+                "branches": [{"path", "mode", "pool", "kind", "state", "reason", "mount_point",
+                              "fstype"}]}],
      "pending": {"changes": int, "roots": [str], "due": float | null, "held": str | null} | null,
      "last_refresh": {"time": float, "result": str} | null,
      "last_backup": {"archive": str, "path": str, "holds": [str], "version": str, "time": float,
@@ -92,15 +97,33 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         if root.get("reason"):
             health += f" ({root['reason']})"
         watched = root.get("watched_directories")
+        shown = "-" if not root.get("watched") else str(watched) if watched is not None else "yes"
+        if root.get("watched") and root.get("mode") == "poll":
+            shown += f" (polled: {root.get('poll') or 'mtime'})"
+        elif root.get("verification") == "running":
+            shown += " (verifying)"
         rows.append(
             (
                 str(root.get("path", "")),
                 str(root.get("mount_point") or "-"),
                 str(root.get("fstype") or "-"),
                 health,
-                ("-" if not root.get("watched") else str(watched) if watched is not None else "yes"),
+                shown,
             )
         )
+        for branch in root.get("branches") or []:
+            state = str(branch.get("state", "?"))
+            if branch.get("reason"):
+                state += f" ({branch['reason']})"
+            rows.append(
+                (
+                    f"  branch {branch.get('path', '')} ({branch.get('mode', '?')}) of {branch.get('pool', '')}",
+                    str(branch.get("mount_point") or "-"),
+                    str(branch.get("fstype") or "-"),
+                    state,
+                    "",
+                )
+            )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
     pending = status.get("pending")

@@ -7,16 +7,31 @@ child process with a deadline, like every filesystem access to a root) and compa
 the watches this process holds, read from the kernel: ``/proc/self/fdinfo/<fd>`` of an
 inotify descriptor has one ``inotify wd:… ino:<hex> sdev:<hex> …`` line per watch
 (proc(5)). ``sdev`` is the kernel's internal device number (major << 20 | minor).
+
+A folder found unwatched is not yet a problem: one made a moment ago is watched once
+watchdog has handled its creation event, one deleted meanwhile is gone. They are looked at
+again until that stops making progress. What is left is blamed on a cause, with evidence:
+
+* the watch limit, only if inotify refused a watch with ENOSPC (inotify_add_watch(2)), or
+  the watches held by this user's processes plus the missing ones exceed
+  ``max_user_watches`` (inotify(7): the limit is per user);
+* folders the kernel never reported: made behind a FUSE mount's back (in the folder it
+  serves, not through the mount: the FUSE kernel module sees no operation, so inotify
+  reports nothing), or while events were lost;
+* folders that cannot be listed (permission denied, PATH_MAX).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from watcher.health import run_child
 
@@ -52,6 +67,37 @@ for index, root in enumerate(sys.argv[2:]):
 """
 
 
+# Second look at folders the first one found unwatched: one line per path that still
+# exists, with its (device, inode). stdin: the paths, one JSON string per line.
+_STAT_PROGRAM = r"""
+import json, os, sys
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    path = json.loads(line)
+    try:
+        status = os.stat(path, follow_symlinks=False)
+    except OSError:
+        continue
+    sys.stdout.write(json.dumps({"path": path, "device": status.st_dev, "inode": status.st_ino}) + "\n")
+sys.stdout.flush()
+"""
+
+SECOND_LOOK_STEP = 0.2
+"""Seconds between looks at folders found unwatched: watchdog watches a new folder when its
+creation event reaches its thread, a moment after the folder appears."""
+SECOND_LOOK_WITHIN = 3.0
+"""Seconds the looks may go on while they still find progress (folders watched or gone)."""
+
+LIMIT = "limit"
+"""Cause: ``fs.inotify.max_user_watches`` is reached (with evidence)."""
+DENIED = "denied"
+"""Cause: folders the watcher may not list (permission denied, I/O error, PATH_MAX)."""
+UNREPORTED = "unreported"
+"""Cause: folders the kernel never reported (made behind a FUSE mount's back, or while
+events were lost) and that no watch limit explains."""
+
+
 @dataclass(frozen=True, slots=True)
 class Coverage:
     """How much of a root the kernel watches.
@@ -61,6 +107,11 @@ class Coverage:
     ``denied``: folders that could not be listed (permission denied, I/O error, a path
     longer than PATH_MAX); ``denied_errno``/``denied_reason``: why the first of them failed.
     ``complete``: False when the listing did not finish within its deadline.
+    ``vanished``: folders listed, then gone before a second look (deleted or renamed
+    meanwhile: not a problem). ``limit_failures``: folders under the root that inotify
+    refused a watch with ENOSPC (:meth:`watcher.watch.RootWatcher.limit_failures`);
+    ``in_use``: inotify watches held by all processes of this user when the shortfall was
+    found (None when not needed or unknown); ``fuse``: the root is on a FUSE filesystem.
     """
 
     root: Path
@@ -73,35 +124,83 @@ class Coverage:
     limit: int | None = field(default=None)
     denied_errno: int = errno.EACCES
     denied_reason: str = ""
+    vanished: int = 0
+    limit_failures: int = 0
+    in_use: int | None = None
+    fuse: bool = False
+
+    @property
+    def missing(self) -> int:
+        """Folders that exist and hold no watch."""
+        return self.folders - self.watched
 
     @property
     def shortfall(self) -> int:
-        return self.folders - self.watched + self.denied_count
+        return self.missing + self.denied_count
 
-    def problem(self) -> str | None:
-        """The ERROR line for a shortfall, naming the cause and the fix; None if covered."""
+    @property
+    def limit_reached(self) -> bool:
+        """Evidence that ``max_user_watches`` is why folders are missing: adding a watch
+        failed with ENOSPC, or the watches in use plus the missing ones exceed the limit."""
+        if self.limit_failures > 0:
+            return True
+        return self.limit is not None and self.in_use is not None and self.in_use + self.missing > self.limit
+
+    @property
+    def cause(self) -> str | None:
+        """:data:`LIMIT`, :data:`UNREPORTED` or :data:`DENIED` (that order: the first that
+        applies), or None when every folder is watched or the listing was incomplete."""
         if not self.complete or self.shortfall <= 0:
             return None
-        missing = self.shortfall
-        head = f"{missing} of {self.folders + self.denied_count} folders under {self.root} are not watched"
-        if self.denied_count:
-            more = f" and {self.denied_count - 1} more" if self.denied_count > 1 else ""
-            first = shown(self.denied[0])
-            if self.denied_errno in (errno.EACCES, errno.EPERM):
-                return f"{head}: permission denied on {first}{more}: give the watcher's user read and execute access to them"
-            if self.denied_errno == errno.ENAMETOOLONG:
-                return (
-                    f"{head}: {first}{more} cannot be listed: file name too long, its path is longer than "
-                    "Linux allows (PATH_MAX, 4096 bytes), Jellyfin cannot read it either: shorten the folder names"
-                )
-            return f"{head}: {first}{more} cannot be listed ({self.denied_reason or 'error ' + str(self.denied_errno)})"
-        suggestion = max(524288, 2 * (total_watches() + missing))
-        limit = f" (now {self.limit})" if self.limit else ""
+        if self.missing > 0:
+            return LIMIT if self.limit_reached else UNREPORTED
+        return DENIED
+
+    @property
+    def may_have_missed_changes(self) -> bool:
+        """Whether changes in readable folders may have gone unseen (the folders exist and
+        hold no watch): not so for folders the watcher may not read, which polling cannot
+        list either (it lists them once they are readable, which inotify would not)."""
+        return self.cause in (LIMIT, UNREPORTED)
+
+    def problem(self) -> str | None:
+        """The log line for a shortfall, naming the cause and the fix; None if covered."""
+        cause = self.cause
+        if cause is None:
+            return None
+        head = f"{self.shortfall} of {self.folders + self.denied_count} folders under {self.root} are not watched"
         example = f" (e.g. {shown(self.unwatched[0])})" if self.unwatched else ""
-        return (
-            f"{head}{example}: the inotify watch limit{limit} is reached; raise it with "
-            f"sysctl fs.inotify.max_user_watches={suggestion} (and in /etc/sysctl.d/ to keep it)"
-        )
+        if cause == LIMIT:
+            suggestion = max(524288, 2 * ((self.in_use if self.in_use is not None else total_watches()) + self.missing))
+            limit = f" (now {self.limit})" if self.limit else ""
+            if self.limit_failures:
+                evidence = f"inotify refused {self.limit_failures} of them a watch: no space left (ENOSPC)"
+            else:
+                evidence = f"{self.in_use} watches in use by this user + {self.missing} missing > {self.limit}"
+            return (
+                f"{head}{example}: the inotify watch limit{limit} is reached ({evidence}); raise it with "
+                f"sysctl fs.inotify.max_user_watches={suggestion} (and in /etc/sysctl.d/ to keep it)"
+            )
+        if cause == UNREPORTED:
+            if self.fuse:
+                return (
+                    f"{head}{example}: the kernel never reported them; they were made behind the FUSE mount's back "
+                    f"(in the folder it serves, not through {self.root}), and a FUSE mount reports no change made that way"
+                )
+            return (
+                f"{head}{example}: the kernel never reported them (they appeared while events were lost, or below a "
+                "mount made after the root was watched)"
+            )
+        more = f" and {self.denied_count - 1} more" if self.denied_count > 1 else ""
+        first = shown(self.denied[0]) if self.denied else "?"
+        if self.denied_errno in (errno.EACCES, errno.EPERM):
+            return f"{head}: permission denied on {first}{more}: give the watcher's user read and execute access to them"
+        if self.denied_errno == errno.ENAMETOOLONG:
+            return (
+                f"{head}: {first}{more} cannot be listed: file name too long, its path is longer than "
+                "Linux allows (PATH_MAX, 4096 bytes), Jellyfin cannot read it either: shorten the folder names"
+            )
+        return f"{head}: {first}{more} cannot be listed ({self.denied_reason or 'error ' + str(self.denied_errno)})"
 
 
 def shown(path: str, limit: int = 200) -> str:
@@ -144,6 +243,32 @@ def total_watches() -> int:
     return len(watched_inodes())
 
 
+def user_watches(uid: int | None = None) -> int | None:
+    """inotify watches held by every process of ``uid`` (default: this process's real
+    uid), counted in their ``/proc/PID/fdinfo``: what ``fs.inotify.max_user_watches``
+    limits (inotify(7)). None if this process's own fdinfo cannot be read."""
+    uid = os.getuid() if uid is None else uid
+    if not Path("/proc/self/fdinfo").is_dir():
+        return None
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            descriptors = os.listdir(f"/proc/{entry.name}/fdinfo")
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                with open(f"/proc/{entry.name}/fdinfo/{descriptor}", "rb") as file:
+                    total += sum(1 for line in file if line.startswith(b"inotify wd:"))
+            except OSError:
+                continue
+    return total
+
+
 def watch_limit() -> int | None:
     """``fs.inotify.max_user_watches``, or None where it cannot be read."""
     try:
@@ -152,12 +277,52 @@ def watch_limit() -> int | None:
         return None
 
 
-def coverage(roots: Sequence[Path], timeout: float, stop: threading.Event | None = None,
-             ignore_regex: str = "") -> list[Coverage]:
+def _second_look(
+    unwatched: dict[tuple[int, int], str], timeout: float, stop: threading.Event | None
+) -> tuple[dict[tuple[int, int], str], int]:
+    """Look again at folders found unwatched until none is left or a look finds no
+    progress (at most :data:`SECOND_LOOK_WITHIN` seconds): a folder made a moment ago is
+    watched once watchdog has handled its creation event, one deleted or renamed meanwhile
+    is gone. Returns the folders still there and unwatched, and how many vanished."""
+    vanished = 0
+    deadline = time.monotonic() + SECOND_LOOK_WITHIN
+    while unwatched and time.monotonic() < deadline:
+        if stop is not None and stop.wait(SECOND_LOOK_STEP):
+            break
+        if stop is None:
+            time.sleep(SECOND_LOOK_STEP)
+        records, finished = run_child(
+            _STAT_PROGRAM, [], timeout, stop, stdin="".join(json.dumps(path) + "\n" for path in unwatched.values())
+        )
+        if not finished:
+            break
+        present = {(int(r["device"]), int(r["inode"])): str(r["path"]) for r in records}  # type: ignore[call-overload]
+        vanished += sum(1 for key in unwatched if key not in present)
+        watched = watched_inodes()
+        remaining = {key: path for key, path in present.items() if key in unwatched and key not in watched}
+        progress = len(remaining) < len(unwatched)
+        unwatched = remaining
+        if not progress:
+            break
+    return unwatched, vanished
+
+
+def coverage(
+    roots: Sequence[Path],
+    timeout: float,
+    stop: threading.Event | None = None,
+    fuse: Sequence[bool] = (),
+    limit_failures: Sequence[int] = (),
+    ignore_regex: str = "",
+) -> list[Coverage]:
     """Compare the folders under each root with the watches held; one :class:`Coverage`
     per root, in order. A root whose listing did not finish in ``timeout`` seconds has
-    ``complete=False`` and is not judged. Folders whose name matches ``ignore_regex``
-    (:attr:`IgnoreFilter.regex`) are left out, with everything below them."""
+    ``complete=False`` and is not judged. Folders found unwatched are looked at again
+    (:func:`_second_look`) before they count. ``fuse``: per root, whether it is on a FUSE
+    filesystem; ``limit_failures``: per root, the ENOSPC count of its watch (default 0).
+    Folders whose name matches ``ignore_regex`` (:attr:`IgnoreFilter.regex`) are left out,
+    with everything below them. Never raises for a filesystem error: those are part of the
+    result."""
     if not roots:
         return []
     lines, _ = run_child(_WALK_PROGRAM, [ignore_regex, *(str(root) for root in roots)], timeout, stop)
@@ -167,24 +332,35 @@ def coverage(roots: Sequence[Path], timeout: float, stop: threading.Event | None
     results = []
     for index, root in enumerate(roots):
         line = by_index.get(index)
+        on_fuse = fuse[index] if index < len(fuse) else False
+        refused = limit_failures[index] if index < len(limit_failures) else 0
         if line is None:
-            results.append(Coverage(root, 0, 0, complete=False))
+            results.append(Coverage(root, 0, 0, complete=False, fuse=on_fuse, limit_failures=refused))
             continue
-        folders = [tuple(pair) for pair in line["folders"]]  # type: ignore[union-attr]
+        listed: list[list[int]] = line["folders"]  # type: ignore[assignment]
+        folders = [(int(dev), int(ino)) for dev, ino in listed]
         paths: dict[str, str] = line["paths"]  # type: ignore[assignment]
-        unwatched = [paths[f"{dev}:{ino}"] for dev, ino in folders if (dev, ino) not in watched]
-        reason = line.get("reason") or [errno.EACCES, ""]  # type: ignore[union-attr]
+        unwatched = {(dev, ino): paths[f"{dev}:{ino}"] for dev, ino in folders if (dev, ino) not in watched}
+        vanished = 0
+        if unwatched:
+            unwatched, vanished = _second_look(unwatched, timeout, stop)
+        in_use = user_watches() if unwatched and not refused else None
+        reason: list[Any] = line.get("reason") or [errno.EACCES, ""]  # type: ignore[assignment]
         results.append(
             Coverage(
                 root,
-                folders=len(folders),
-                watched=len(folders) - len(unwatched),
-                unwatched=tuple(sorted(unwatched)[:5]),
+                folders=len(folders) - vanished,
+                watched=len(folders) - vanished - len(unwatched),
+                unwatched=tuple(sorted(unwatched.values())[:5]),
                 denied=tuple(line["denied"]),  # type: ignore[arg-type]
                 denied_count=int(line["denied_count"]),  # type: ignore[call-overload]
                 denied_errno=int(reason[0] or errno.EACCES),
                 denied_reason=str(reason[1] or ""),
                 limit=limit,
+                vanished=vanished,
+                limit_failures=refused,
+                in_use=in_use,
+                fuse=on_fuse,
             )
         )
     return results

@@ -3,15 +3,22 @@
 Everything here runs on library threads and only hands off: each watchdog event, each
 kernel queue overflow and each change of the mount table becomes one item on the service's
 queue (a ``queue.SimpleQueue``, whose ``put`` is safe from any thread and from signal
-handlers). Deciding what an item means is the service's job.
+handlers). Deciding what an item means is the decision core's job.
 
-Facts this module depends on (FACTS.md, "watchdog 7.1"):
+Each root has its own observer, hence its own inotify instance and threads: watchdog sets
+up a recursive watch by walking the tree in the thread that schedules it, holding the
+observer's lock, and on a FUSE mount that hangs mid-walk that thread blocks in the kernel;
+with one observer per root a hung root holds up nothing but itself. A kernel queue
+overflow is per inotify instance too, so it costs only its own root a "changed as a whole".
+
+Facts this module depends on (watchdog 7.1, ``watchdog/observers/inotify.py`` and
+``inotify_c.py``; inotify(7)):
 
 * ``event_filter`` must be given: the default inotify mask includes open and
   close-no-write, loops forever re-walking large trees after a queue overflow, and would
   react to Jellyfin reading the files during its own scan.
-* On a kernel queue overflow watchdog logs a WARNING on ``watchdog.observers.inotify_c`` and
-  delivers no event: events were lost, so every root counts as changed.
+* On a kernel queue overflow (``IN_Q_OVERFLOW``) watchdog calls ``on_queue_overflow`` of the
+  watch group and delivers no event: events were lost, so the root counts as changed.
 * Re-watching a path needs ``unschedule()`` then ``schedule()``.
 * After an overflow watchdog 7.1 rebuilds a recursive watch by removing every watch and
   adding them again. Each removal queues an ``IN_IGNORED`` event: a tree of more folders than
@@ -23,12 +30,12 @@ Facts this module depends on (FACTS.md, "watchdog 7.1"):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -45,7 +52,10 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.api import BaseObserver
+
+from watcher.core.messages import EventsLost, FileEvent, MountsChanged
+from watcher.core.union import translate
 
 logger = logging.getLogger(__name__)
 
@@ -65,53 +75,79 @@ INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 MOUNTINFO = "/proc/self/mountinfo"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A watchdog event under ``root`` (its configured path, as a string)."""
-
-    root: str
-    event: FileSystemEvent
-
-
-@dataclass(frozen=True, slots=True)
-class EventsLost:
-    """The kernel's event queue overflowed: changes under any root may have been missed."""
-
-
-@dataclass(frozen=True, slots=True)
-class MountsChanged:
-    """Something was mounted, unmounted or remounted in this mount namespace."""
+_KINDS = {"created": "created", "deleted": "deleted", "moved": "moved", "closed": "closed"}
 
 
 class _Handler(FileSystemEventHandler):
+    """Turns each watchdog event under ``root`` into a :class:`FileEvent` on the queue."""
+
     __slots__ = ("_root", "_put")
 
-    def __init__(self, root: str, queue: SimpleQueue[Any]) -> None:
+    def __init__(self, root: str, put: Callable[[object], None]) -> None:
         self._root = root
-        self._put = queue.put
+        self._put = put
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        self._put(Change(self._root, event))
+        kind = _KINDS.get(event.event_type)
+        if kind is None:
+            return
+        self._put(FileEvent(self._root, kind, os.fsdecode(event.src_path), os.fsdecode(event.dest_path or ""),
+                            event.is_directory))
+
+
+class _TranslatingHandler(FileSystemEventHandler):
+    """Hands each event under ``counterpart`` (a root's folder on a mergerfs branch) to the
+    queue as an event of ``root``, its paths as the pool shows them
+    (``/mnt/disk1/movies/New/New.mkv`` → ``/pool/movies/New/New.mkv``): one batch, one
+    refresh, whichever way a file arrived."""
+
+    __slots__ = ("_counterpart", "_put", "_root")
+
+    def __init__(self, root: str, counterpart: str, put: Callable[[object], None]) -> None:
+        self._root = root
+        self._counterpart = counterpart
+        self._put = put
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = _KINDS.get(event.event_type)
+        if kind is None:
+            return
+        source = translate(os.fsdecode(event.src_path), self._counterpart, self._root)
+        destination = translate(os.fsdecode(event.dest_path), self._counterpart, self._root) if event.dest_path else ""
+        self._put(FileEvent(self._root, kind, source, destination, event.is_directory))
 
 
 class _OverflowHandler(logging.Handler):
-    """Turns watchdog's queue-overflow WARNING into an :class:`EventsLost` item."""
+    """Only where the reconciling observer cannot be used (a watchdog without the internals
+    it builds on): watchdog's queue-overflow WARNING becomes an :class:`EventsLost` item."""
 
-    def __init__(self, queue: SimpleQueue[Any]) -> None:
+    def __init__(self, put: Callable[[object], None]) -> None:
         super().__init__(level=logging.WARNING)
-        self._put = queue.put
+        self._put = put
 
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
             self._put(EventsLost())
 
 
-_observer_class: Callable[[], BaseObserver] = Observer
-"""watchdog's native observer; on Linux one that recovers from a kernel queue overflow
-without overflowing it again (:class:`_ReconcilingWatchGroup`)."""
+_limit_failures: dict[bytes, int] = {}
+"""Per recursive watch (its root, as bytes): how many of its folders inotify refused a
+watch with ENOSPC (``fs.inotify.max_user_watches`` reached) since it was set up. watchdog
+skips such folders without a word; this is the evidence watch verification needs before it
+blames the watch limit. Written on watchdog's threads, read on the loop's (one dict
+operation each, atomic in CPython)."""
+
+_reconciling_observer: Callable[[Callable[[], None]], BaseObserver] | None = None
+"""On Linux with watchdog 7.1: makes an observer that reports a kernel queue overflow to
+its callback and recovers from it without overflowing again (:class:`_ReconcilingWatchGroup`).
+None elsewhere: watchdog's native observer is used."""
 
 try:
-    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+    from watchdog.observers.inotify import (
+        InotifyEmitter,
+        InotifyObserver,
+        InotifyWatchGroup,
+    )
     from watchdog.observers.inotify_c import InotifyFD
 except Exception:  # not Linux: watchdog's inotify module cannot load
     pass
@@ -131,7 +167,11 @@ else:
           (every watched path: a megabyte per line on a large library).
         """
 
+        on_overflow: Callable[[], None] = staticmethod(lambda: None)
+        """Set by the emitter: called first, on the reader's thread, when events were lost."""
+
         def on_queue_overflow(self) -> None:
+            self.on_overflow()
             with self._lock:
                 if not self.is_active:
                     return
@@ -167,11 +207,13 @@ else:
                 with inotify._lock:
                     watch = inotify._get_or_create_watch(path, self.event_mask)
                     watch.callbacks[self._id] = self._callback
-            except OSError:
+            except OSError as error:
                 # Folders may vanish or turn unreadable while the tree is walked; the root
                 # itself must be watched or the caller told.
                 if path == self.path:
                     raise
+                if error.errno == errno.ENOSPC:
+                    _limit_failures[self.path] = _limit_failures.get(self.path, 0) + 1
                 return
             old = self._active_callbacks_by_watch.get(watch.wd)
             if old is not None and old != path and self._active_callbacks_by_path.get(old) == watch.wd:
@@ -180,19 +222,26 @@ else:
             self._active_callbacks_by_watch[watch.wd] = path
 
     class _ReconcilingEmitter(InotifyEmitter):
+        def __init__(self, *args: Any, on_overflow: Callable[[], None], **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._on_overflow = on_overflow
+
         def on_thread_start(self) -> None:
-            self._inotify = _ReconcilingWatchGroup(
+            group = _ReconcilingWatchGroup(
                 self._inotify_fd,
                 os.fsencode(self.watch.path),
                 is_recursive=self.watch.is_recursive,
                 event_mask=self.get_event_mask_from_filter(),
                 follow_symlink=self.watch.follow_symlink,
             )
+            group.on_overflow = self._on_overflow
+            self._inotify = group
 
     class _InotifyObserver(InotifyObserver):
-        def __init__(self) -> None:
+        def __init__(self, on_overflow: Callable[[], None]) -> None:
             super().__init__()
             self._emitter_class = _ReconcilingEmitter
+            self._emitter_kwargs["on_overflow"] = on_overflow
 
     def _internals_present() -> bool:
         """Whether this watchdog has the private parts the replacements build on (7.1 does);
@@ -207,53 +256,64 @@ else:
         )
 
     if Observer is InotifyObserver and _internals_present():
-        _observer_class = _InotifyObserver
+        _reconciling_observer = _InotifyObserver
 
 
 class RootWatcher:
-    """One watchdog observer; every root is a recursive watch on it.
+    """Recursive watches on the roots, one watchdog observer each.
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    :meth:`watch` and :meth:`unwatch` may block (a walk of a large tree, a hung mount): the
+    daemon calls them on a worker. Use as a context manager, or call :meth:`stop`.
     """
 
-    def __init__(self, queue: SimpleQueue[Any]) -> None:
-        self._queue = queue
-        self._observer: BaseObserver = _observer_class()
-        self._observer.daemon = True
-        self._watches: dict[str, ObservedWatch] = {}
-        self._overflow = _OverflowHandler(queue)
+    def __init__(self, put: Callable[[object], None]) -> None:
+        self._put = put
+        self._observers: dict[str, BaseObserver] = {}
+        self._lock = threading.Lock()
+        self._overflow: _OverflowHandler | None = None
         self._saved_level: int | None = None
+        if _reconciling_observer is None:
+            self._listen_for_overflows()
 
-    def start(self) -> None:
+    def _listen_for_overflows(self) -> None:
+        """Only with watchdog's native observer: its overflow is seen as a WARNING record
+        (with a higher log level the logger would not even create it, so it is lowered
+        until :meth:`stop`)."""
+        self._overflow = _OverflowHandler(self._put)
         inotify_logger = logging.getLogger(INOTIFY_LOGGER)
         inotify_logger.addHandler(self._overflow)
-        # The overflow is only seen as a WARNING record: with a higher log level
-        # (--log-level error) the logger would not even create it and lost events would go
-        # unnoticed. The level is restored in stop().
         if not inotify_logger.isEnabledFor(logging.WARNING):
             self._saved_level = inotify_logger.level
             inotify_logger.setLevel(logging.WARNING)
-        self._observer.start()
+
+    def start(self) -> None:
+        """Nothing to start: each root's observer starts with its watch."""
 
     def stop(self, timeout: float = 1.0) -> bool:
-        """Stop the observer; waits at most ``timeout`` seconds. False if it did not stop
-        in time: a watchdog thread is stuck on a hung mount and the events it was handling
-        are lost. It is left behind (a daemon thread).
+        """Stop every observer; waits at most ``timeout`` seconds in all. False if one did not
+        stop in time: a watchdog thread is stuck on a hung mount and the events it was
+        handling are lost. It is left behind (daemon threads).
 
-        watchdog walks every new folder in its own thread (os.walk, to watch it); on a FUSE
-        mount whose daemon hangs that thread blocks in the kernel, holding the lock that
-        ``observer.stop()`` needs, so the stop itself runs on a helper thread."""
-        inotify_logger = logging.getLogger(INOTIFY_LOGGER)
-        inotify_logger.removeHandler(self._overflow)
-        if self._saved_level is not None:
-            inotify_logger.setLevel(self._saved_level)
-            self._saved_level = None
+        watchdog walks every new folder in its own thread (to watch it); on a FUSE mount whose
+        daemon hangs that thread blocks in the kernel, holding the lock that
+        ``observer.stop()`` needs, so the stops run on a helper thread."""
+        if self._overflow is not None:
+            inotify_logger = logging.getLogger(INOTIFY_LOGGER)
+            inotify_logger.removeHandler(self._overflow)
+            if self._saved_level is not None:
+                inotify_logger.setLevel(self._saved_level)
+                self._saved_level = None
+        with self._lock:
+            observers, self._observers = list(self._observers.values()), {}
 
-        def stop_observer() -> None:
-            self._observer.stop()
-            self._observer.join()
+        def stop_all() -> None:
+            for observer in observers:
+                observer.stop()
+            for observer in observers:
+                with contextlib.suppress(RuntimeError):
+                    observer.join()
 
-        stopper = threading.Thread(target=stop_observer, name="watchdog-stop", daemon=True)
+        stopper = threading.Thread(target=stop_all, name="watchdog-stop", daemon=True)
         stopper.start()
         stopper.join(timeout)
         return not stopper.is_alive()
@@ -267,43 +327,87 @@ class RootWatcher:
 
     @property
     def watched(self) -> frozenset[str]:
-        return frozenset(self._watches)
+        with self._lock:
+            return frozenset(self._observers)
 
-    def watch(self, root: Path) -> str | None:
-        """Watch ``root`` recursively (again, if it was watched). Returns None on success,
-        else the reason it could not be watched (e.g. ``"no such folder"``,
-        ``"inotify watch limit reached"``)."""
+    def watch(self, root: Path, counterparts: Sequence[str] = (), problems: list[str] | None = None,
+              include_root: bool = True) -> str | None:
+        """Watch ``root`` recursively (again, if it was watched), and its ``counterparts`` (its
+        folders on a mergerfs pool's branches: inotify on the pool does not see files written
+        straight to a branch, inotify on the branch does; mergerfs(1)). Returns None on
+        success, else the reason the root could not be watched (e.g. ``"no such folder"``,
+        ``"inotify watch limit reached"``); a counterpart that cannot be watched is added to
+        ``problems`` (``"/mnt/disk1/movies: permission denied"``). ``include_root`` False:
+        only the counterparts (a root that is polled). Blocks while watchdog walks the trees."""
         key = str(root)
         self.unwatch(root)
+        _limit_failures.pop(os.fsencode(key), None)
+        if _reconciling_observer is not None:
+            observer = _reconciling_observer(lambda: self._put(EventsLost(key)))
+        else:
+            observer = Observer()
+        observer.daemon = True
+        observer.name = f"watch {key}"
         try:
-            watch = self._observer.schedule(
-                _Handler(key, self._queue), key, recursive=True, event_filter=EVENT_FILTER
-            )
+            if include_root:
+                observer.schedule(_Handler(key, self._put), key, recursive=True, event_filter=EVENT_FILTER)
+            for folder in counterparts:
+                try:
+                    observer.schedule(_TranslatingHandler(key, folder, self._put), folder, recursive=True,
+                                      event_filter=EVENT_FILTER)
+                except OSError as error:
+                    if problems is not None:
+                        problems.append(f"{folder}: {error.strerror or error}")
+            observer.start()
         except FileNotFoundError:
-            return "no such folder"
+            problem: str | None = "no such folder"
         except PermissionError:
-            return "permission denied"
+            problem = "permission denied"
         except OSError as error:
-            if error.errno == 28:  # ENOSPC from inotify_add_watch
-                return "inotify watch limit reached: raise it with sysctl fs.inotify.max_user_watches=524288"
-            return error.strerror or str(error)
-        self._watches[key] = watch
+            if error.errno == errno.ENOSPC:  # from inotify_add_watch
+                problem = "inotify watch limit reached: raise it with sysctl fs.inotify.max_user_watches=524288"
+            else:
+                problem = error.strerror or str(error)
+        else:
+            problem = None
+        if problem is not None:
+            _stop_quietly(observer)
+            return problem
+        with self._lock:
+            self._observers[key] = observer
         return None
 
-    def unwatch(self, root: Path) -> None:
-        """Stop watching ``root``, if it is watched."""
-        watch = self._watches.pop(str(root), None)
-        if watch is not None:
-            with contextlib.suppress(KeyError, OSError):
-                self._observer.unschedule(watch)
+    @staticmethod
+    def limit_failures(root: Path) -> int:
+        """How many folders under ``root`` inotify refused a watch with ENOSPC (the watch
+        limit) since ``root`` was last watched. Counted with the observer this module uses
+        on Linux; 0 with watchdog's own observer, which keeps no such count."""
+        return _limit_failures.get(os.fsencode(str(root)), 0)
+
+    def unwatch(self, root: Path, timeout: float = 5.0) -> bool:
+        """Stop watching ``root``, if it is watched; waits at most ``timeout`` seconds for
+        its observer to stop (False if it did not: a thread stuck on a hung mount)."""
+        with self._lock:
+            observer = self._observers.pop(str(root), None)
+        if observer is None:
+            return True
+        return _stop_quietly(observer, timeout)
+
+
+def _stop_quietly(observer: BaseObserver, timeout: float = 5.0) -> bool:
+    with contextlib.suppress(Exception):
+        observer.stop()
+    if observer.is_alive():
+        observer.join(timeout)
+    return not observer.is_alive()
 
 
 class MountMonitor:
     """Puts :class:`MountsChanged` on the queue whenever the mount table changes.
 
     ``/proc/self/mountinfo`` signals ``POLLPRI | POLLERR`` on every mount, umount, bind,
-    remount and lazy umount in this mount namespace, and not otherwise (FACTS.md, "psutil
-    and mounts"); it stays silent for a hung server. Linux only: elsewhere :meth:`start`
+    remount and lazy umount in this mount namespace, and not otherwise (proc(5),
+    ``/proc/[pid]/mountinfo``: "changes ... are signalled with POLLPRI"); it stays silent for a hung server. Linux only: elsewhere :meth:`start`
     does nothing and the periodic health check is the only source. The thread blocks in
     ``poll()`` with no timeout and is woken for stopping through a pipe.
     """

@@ -464,6 +464,50 @@ def polling(ctx: Context) -> list[Row]:
     ]
 
 
+def rclone_polling(ctx: Context) -> list[Row]:
+    """One steady polling cycle on a real rclone mount (``rclone serve webdav`` on 127.0.0.1,
+    ``rclone mount``), method ``list`` against ``mtime``, with rclone's folder cache expired
+    at each cycle (``--dir-cache-time 1s``: changes made on the server show) and fresh
+    (``1h``: every listing from the cache). See :mod:`tests.benchmarks.rclonecycle`."""
+    from tests.support import tools_missing
+
+    missing = tools_missing("rclone", "fusermount")
+    if not ctx.root or missing:
+        why = "needs root" if not ctx.root else f"needs {', '.join(missing)}"
+        return [Row(key, f"rclone polling: {key}", "-", "-", "-", "info", note=f"skipped: {why}") for key in ROW_KEYS["rclone"]]
+    folders, files, cycles = ctx.size.poll_directories, ctx.size.files, 2
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.rclonecycle", str(ctx.workspace.path / "rclone"), str(folders), str(files),
+         str(cycles)],
+        cwd=REPO, capture_output=True, text=True, timeout=7200, check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"rclonecycle failed ({completed.returncode}): {completed.stderr.strip()[-2000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    what = f"{result['folders']:,} folders / {result['files']:,} files"
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    rows = []
+    for cache, meaning in (("expired", "folder cache expired (--dir-cache-time 1s)"),
+                           ("fresh", "folder cache fresh (--dir-cache-time 1h)")):
+        listing, stat = result[f"{cache}.list"], result[f"{cache}.mtime"]
+        for name, key in (("wall", "wall"), ("cpu", "cpu")):
+            ours, theirs = median(listing[key]), median(stat[key])
+            rows.append(Row(
+                f"rclone.{cache}.{name}", f"rclone polling cycle, {meaning}: {'time' if name == 'wall' else 'CPU'} ({what})",
+                seconds(ours), seconds(theirs), "-", "info",
+                note=(f"list (watcher column) against mtime (reference column), median of {len(listing[key])} steady cycles; "
+                      f"rclone mount's CPU per cycle: list {median(listing['rclone_cpu']):.2f} s, mtime "
+                      f"{median(stat['rclone_cpu']):.2f} s; first cycle (walk of the whole tree): list "
+                      f"{seconds(listing['baseline'])}, mtime {seconds(stat['baseline'])}; a file written on the server "
+                      f"before each cycle was found: list {listing['detected']}, mtime {stat['detected']}"
+                      if name == "wall" else "the watcher's side: its polling child's CPU"),
+            ))
+    return rows
+
+
 BENCHMARKS: dict[str, Callable[[Context], list[Row]]] = {
     "setup": setup,
     "idle": idle,
@@ -471,6 +515,7 @@ BENCHMARKS: dict[str, Callable[[Context], list[Row]]] = {
     "storm": storm_benchmark,
     "mount": mount_loss,
     "poll": polling,
+    "rclone": rclone_polling,
 }
 
 ROW_KEYS: dict[str, list[str]] = {
@@ -480,4 +525,5 @@ ROW_KEYS: dict[str, list[str]] = {
     "storm": ["storm.refreshes", "storm.cpu", "storm.overflows"],
     "mount": ["mount.down.p50", "mount.down.p99", "mount.back.p50", "mount.back.p99"],
     "poll": ["poll.cpu", "poll.memory"],
+    "rclone": ["rclone.expired.wall", "rclone.expired.cpu", "rclone.fresh.wall", "rclone.fresh.cpu"],
 }

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from watcher.config import Config, Root, Secret
+from watcher.config import Config, JellyfinSettings, Root, Secret
 from watcher.edges.serverview import check_roots
 from watcher.health import probe_roots
 from watcher.jellyfin import JellyfinClient
@@ -78,7 +78,7 @@ def measure(roots: int, entries: int, runs: int, workdir: Path) -> dict[str, flo
     try:
         started = json.loads(emulator.stdout.readline())
         client = JellyfinClient(started["url"], Secret(started["api_key"]), timeout=30)
-        config = Config(url=started["url"])
+        config = Config(jellyfin=JellyfinSettings(url=started["url"]))
         root_list = [Root(folder) for folder in folders]
 
         def served() -> tuple[int, float]:

@@ -573,6 +573,11 @@ class JellyfinEmulator:
         """Serve HTTPS with this server-side context (e.g. ``trustme``'s ``configure_cert``)."""
         self.host = host
         """The address to listen on: ``127.0.0.1``, or ``::1`` for IPv6."""
+        self.unreadable_folders: set[str] = set()
+        """Folders Jellyfin's user may not list. The emulator scans as the test process (root
+        reads everything), so a test that takes permissions away from Jellyfin's user says so
+        here: like Jellyfin 10.11 (``EnumerationOptions.IgnoreInaccessible``), a scan skips
+        them, and the items below them are removed."""
         self.server_id = uuid.uuid4().hex
         self.server_name = "jellyfin-emulator"
         self._spec = _load_spec()
@@ -997,6 +1002,8 @@ class JellyfinEmulator:
                 files, unreadable = self._server_walk(location) if state == "accessible" else (set(), [])
                 if not failed_listing_kept:
                     unreadable = []
+                denied = set(self.unreadable_folders)
+                files = {path for path in files if not any(_under(path, folder) for folder in denied)}
                 with self._lock:
                     for item in [item for item in self._items.values()
                                  if item.library == library.name and _under(item.path, location)]:

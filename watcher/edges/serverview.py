@@ -14,7 +14,6 @@ Names are compared as text: undecodable bytes become U+FFFD here, as .NET decode
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 from watcher.config import Config
@@ -27,7 +26,7 @@ from watcher.core.serverview import (
     compare,
     targets,
 )
-from watcher.errors import KeyRejected, RequestRejected, ServerUnavailable
+from watcher.errors import KeyRejected, NoAnswer, RequestRejected, ServerUnavailable
 from watcher.filters import IgnoreFilter
 from watcher.health import Health, run_child
 from watcher.jellyfin import JellyfinClient, http_status
@@ -103,19 +102,18 @@ def server_listing(client: JellyfinClient, path: str, timeout: float) -> Listing
     refused, the server starting): the caller keeps the batch and retries, as for any request.
     """
     viewer = client.with_timeout(timeout)
-    started = time.monotonic()
     try:
         entries = viewer.directory_contents(path)
     except KeyRejected:
         raise
+    except NoAnswer:
+        return Listing(Kind.UNRESPONSIVE, detail=f"{timeout:g} s")
     except (RequestRejected, ServerUnavailable) as error:
         status = http_status(error)
         if status == 404:
             return Listing(Kind.MISSING)
         if status == 500:
             return Listing(Kind.FAILED, detail="HTTP 500: an I/O error on Jellyfin's side")
-        if status is None and time.monotonic() - started >= timeout:
-            return Listing(Kind.UNRESPONSIVE, detail=f"{timeout:g} s")
         raise
     return Listing(Kind.LISTED, frozenset(str(entry.get("Name") or "") for entry in entries) - {""})
 
@@ -171,9 +169,9 @@ def check_roots(
         for health in healths
         if health.healthy
     ]
-    ignore = IgnoreFilter(config.ignore)
-    return compare_views(client, targets(views, config.jellyfin_path), config.server_view_timeout,
-                         config.server_view_in_flight, changed_folders, lambda name: ignore("", name), stop)
+    ignore = IgnoreFilter(config.watch.ignore)
+    return compare_views(client, targets(views, config.jellyfin_path), config.server_view.timeout,
+                         config.server_view.in_flight, changed_folders, lambda name: ignore("", name), stop)
 
 
 def _names(value: object) -> frozenset[str]:

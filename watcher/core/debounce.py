@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from watcher.paths import within
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -181,7 +183,7 @@ class Debouncer:
                 self._whole.add(root)
                 self._folders.pop(root, None)
                 continue
-            folders = {folder for folder in batch.folders if folder == root or folder.startswith(root.rstrip("/") + "/")}
+            folders = {folder for folder in batch.folders if within(folder, root)}
             if folders or root not in self._folders:
                 self._folders.setdefault(root, set()).update(folders)
         self._removals = self._removals or batch.removals

@@ -7,7 +7,8 @@
   :data:`MAX_PATHS`; beyond the cap, or where a root changed as a whole (it came back
   from an unmount, events were lost), its library is refreshed instead. Jellyfin ignores
   ``UpdateType`` and waits its own ``LibraryMonitorDelay`` (60 s by default) before
-  scanning the nearest folder it knows (FACTS.md).
+  scanning the nearest folder it knows (Jellyfin's ``LibraryController.PostUpdatedMedia``
+  → ``LibraryMonitor.ReportFileSystemChanged``).
 
 A root whose library is unknown (roots configured by hand that match no library) can only
 be covered by a server-wide refresh.
@@ -20,7 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from watcher.config import Root
-from watcher.debounce import Batch
+from watcher.core.debounce import Batch
+from watcher.paths import within
 
 MAX_PATHS = 100
 """Folders sent in one ``POST /Library/Media/Updated``; more means a library refresh."""
@@ -96,7 +98,7 @@ def plan(
         if scope == "library" or keys & batch.whole_roots:
             requests.append(library)
             continue
-        mine = [folder for folder in batch.folders if any(_within(folder, key) for key in keys)]
+        mine = [folder for folder in batch.folders if any(within(folder, key) for key in keys)]
         if not mine:
             requests.append(library)
             continue
@@ -107,11 +109,7 @@ def plan(
         if len(folded) <= MAX_PATHS:
             requests.append(RefreshRequest("path", frozenset(folder_roots), paths=tuple(jellyfin_path(f) for f in folded)))
         else:
-            for library_id in sorted({roots[key].library_id for key in folder_roots}):  # type: ignore[type-var]
+            for library_id in sorted({roots[key].library_id or "" for key in folder_roots}):
                 keys = frozenset(key for key in folder_roots if roots[key].library_id == library_id)
                 requests.append(RefreshRequest("library", keys, library_id, roots[next(iter(keys))].library_name))
     return requests
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")

@@ -48,7 +48,7 @@ from typing import Any, Self
 
 from support import children_of, is_mounted, wait_until
 
-from watcher import status as status_file
+from watcher.edges import statusfile as status_file
 
 START_WITHIN = 15.0
 """Seconds a server or mount may take to come up on a loaded machine."""

@@ -34,8 +34,8 @@ from watcher.core.decide import (
     refusals,
 )
 from watcher.core.gate import RootView, Verdict, gate
-from watcher.guard import Prediction
-from watcher.jellyfin import Library
+from watcher.core.guard import Prediction
+from watcher.core.libraries import Library
 
 MOVIES, SHOWS = "a" * 32, "b" * 32
 UNMOUNTED = "/media/shows is unmounted (it lives on / instead of the mount point /media/shows: is the disk mounted?)"

@@ -25,6 +25,10 @@ from watcher.config import (
     ServerViewSettings,
     WatchSettings,
 )
+from watcher.core.coverage import Coverage
+from watcher.core.guard import Prediction
+from watcher.core.health import Health, State
+from watcher.core.libraries import Library
 from watcher.core.machine import READY_DEADLINE, Core, snapshot
 from watcher.core.messages import (
     Action,
@@ -40,6 +44,7 @@ from watcher.core.messages import (
     JobFailed,
     Log,
     MountsChanged,
+    PollResult,
     Predict,
     Predicted,
     Probe,
@@ -63,14 +68,9 @@ from watcher.core.messages import (
 )
 from watcher.core.serverview import Comparison, Kind, Listing, Target
 from watcher.core.serverview import Verdict as ViewVerdict
+from watcher.core.state import PendingChanges, SavedState
 from watcher.core.writes import WriteCheck
 from watcher.errors import ServerUnavailable, UnexpectedAnswer
-from watcher.guard import Prediction
-from watcher.health import Health, State
-from watcher.jellyfin import Library
-from watcher.poll import PollResult
-from watcher.state import PendingChanges, SavedState
-from watcher.verify import Coverage
 
 A = TypeVar("A")
 MOVIES_ID = "a" * 32
@@ -559,7 +559,7 @@ def test_jellyfins_view_disagreeing_holds_once_and_agreeing_again_lets_it_go() -
 
 
 def test_a_backup_comes_before_a_removal_and_a_failed_one_holds_the_refresh() -> None:
-    from watcher.edges.backup import Archive
+    from watcher.core.protections import Archive
 
     daemon = Daemon()
     daemon.change(1.0, kind="deleted")

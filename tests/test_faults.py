@@ -65,7 +65,7 @@ from support import (
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher.verify import watched_inodes
+from watcher.edges.verify import watched_inodes
 
 QUIET = 0.5
 """``watch.quiet_period``, seconds."""

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from watcher.config import DEFAULT_IGNORE
-from watcher.filters import IgnoreFilter
+from watcher.core.filters import IgnoreFilter
 
 ROOT = "/media/movies"
 

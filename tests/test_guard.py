@@ -36,11 +36,11 @@ from support import (
 )
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher import guard
-from watcher import status as watcher_status
 from watcher.config import Secret
-from watcher.guard import Limits
-from watcher.jellyfin import JellyfinClient
+from watcher.core.guard import Limits
+from watcher.edges import predict as guard
+from watcher.edges import statusfile as watcher_status
+from watcher.edges.jellyfin import JellyfinClient
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion."""

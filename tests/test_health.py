@@ -17,9 +17,10 @@ import psutil
 import pytest
 from support import BindFS, TmpfsMount
 
-from watcher import health
 from watcher.config import Root
-from watcher.health import Health, State, mount_point_of, probe_roots
+from watcher.core.health import Health, State
+from watcher.edges import probe as health
+from watcher.edges.probe import mount_point_of, probe_roots
 
 TIMEOUT = 10.0
 """Probe timeout (seconds) for folders that answer at once: generous, never reached."""

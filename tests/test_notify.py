@@ -45,8 +45,8 @@ from support import LoopDisk, WatcherProcess, closed_port, run_cli, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher import config as watcher_config
-from watcher import status as watcher_status
 from watcher.config import load, masked_url
+from watcher.edges import statusfile as watcher_status
 from watcher.errors import ConfigError
 
 WAIT = 10.0

@@ -43,8 +43,9 @@ from support import (
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher.config import DEFAULT_IGNORE
-from watcher.filters import IgnoreFilter
-from watcher.poll import PollResult, RootPoller
+from watcher.core.filters import IgnoreFilter
+from watcher.core.messages import PollResult
+from watcher.edges.poll import RootPoller
 
 TIMEOUT = 30.0
 """Deadline (seconds) of a unit test's polling cycle: generous, never reached."""
@@ -252,7 +253,7 @@ def test_inotify_does_not_see_writes_behind_a_fuse_mount(share: BindFS) -> None:
     """The premise: like another client's writes to an NFS share, a file written into the
     source reaches the mount without an inotify event on the mount."""
     from watcher.core.messages import FileEvent
-    from watcher.watch import RootWatcher
+    from watcher.edges.watch import RootWatcher
 
     events: SimpleQueue[object] = SimpleQueue()
     with RootWatcher(events.put) as watcher:

@@ -37,13 +37,13 @@ from pools import MergerFSPool, OverlayMount
 from support import REPO, BindFS, LoopDisk, WatcherProcess, run_cli, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
-from watcher import guard
 from watcher.core.union import (
     BranchSpec,
     parse_mergerfs_branches,
     parse_overlay_layers,
     translate,
 )
+from watcher.edges import predict as guard
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion."""

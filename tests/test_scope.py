@@ -455,7 +455,7 @@ def test_config_print_shows_the_refresh_keys_and_the_path_map(tmp_path: Path) ->
 
 
 def test_configured_roots_are_tagged_with_the_one_library_they_belong_to(tmp_path: Path) -> None:
-    from watcher.jellyfin import Library
+    from watcher.core.libraries import Library
 
     docker = Config(path_map=(PathMapping("/data", "/mnt/media"),))
     libraries = [

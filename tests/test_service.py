@@ -415,7 +415,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process_only() -> N
 
 
 def _fdinfo_watches(pid: int) -> set[tuple[int, int]]:
-    from watcher.verify import watched_inodes
+    from watcher.edges.verify import watched_inodes
 
     return watched_inodes(str(pid))
 
@@ -656,7 +656,7 @@ def test_status_reads_the_state_dir_it_is_given(tmp_path: Path, plain_env: dict[
 def test_a_running_daemon_stays_running_after_a_wall_clock_step(monkeypatch: pytest.MonkeyPatch) -> None:
     import psutil._pslinux
 
-    from watcher import status as status_file
+    from watcher.edges import statusfile as status_file
 
     document = {"pid": os.getpid(), "started": status_file.process_start_time()}
     assert status_file.daemon_running(document)
@@ -929,7 +929,7 @@ def test_package_builds_from_the_files_the_dockerfile_copies(tmp_path: Path) -> 
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         entry_points = next(archive.read(name).decode() for name in names if name.endswith("entry_points.txt"))
-    assert "watcher/cli.py" in names and "watcher/health.py" in names
+    assert "watcher/cli.py" in names and "watcher/edges/probe.py" in names and "watcher/core/machine.py" in names
     assert "jellyfin-watcher = watcher.cli:main" in entry_points
 
 

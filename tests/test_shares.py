@@ -59,11 +59,12 @@ from support import BindFS, WatcherProcess, wait_until
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher.config import DEFAULT_IGNORE, load
+from watcher.core.coverage import UNREPORTED
+from watcher.core.filters import IgnoreFilter
+from watcher.edges.poll import RootPoller
+from watcher.edges.verify import _second_look, coverage, user_watches
+from watcher.edges.watch import RootWatcher
 from watcher.errors import ConfigError
-from watcher.filters import IgnoreFilter
-from watcher.poll import RootPoller
-from watcher.verify import UNREPORTED, _second_look, coverage, user_watches
-from watcher.watch import RootWatcher
 
 QUIET = 2.0
 """``watch.quiet_period``, seconds: longer than a polling cycle, so that a folder and its

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from watcher.state import (
-    FORMAT_VERSION,
-    STATE_FILE,
-    PendingChanges,
-    SavedState,
-    StateStore,
-)
+from watcher.core.state import PendingChanges, SavedState
+from watcher.edges.state import FORMAT_VERSION, STATE_FILE, StateStore
 
-LOGGER = "watcher.state"
+LOGGER = "watcher.edges.state"
 
 
 def error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -42,6 +42,7 @@ from tests.jellyfin.proxies import (
 from watcher.config import Secret
 from watcher.core import answers
 from watcher.core.answers import Answer
+from watcher.edges.jellyfin import JellyfinClient, UserLogin
 from watcher.errors import (
     JellyfinError,
     KeyRejected,
@@ -51,7 +52,6 @@ from watcher.errors import (
     TLSFailure,
     UnexpectedAnswer,
 )
-from watcher.jellyfin import JellyfinClient, UserLogin
 
 WAIT = 10.0
 """Deadline, seconds, for anything that is not itself a timing assertion."""

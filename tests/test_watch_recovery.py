@@ -1,4 +1,4 @@
-"""RootWatcher (watcher/watch.py) where watchdog 7.1 alone goes wrong.
+"""RootWatcher (watcher/edges/watch.py) where watchdog 7.1 alone goes wrong.
 
 * After a kernel queue overflow watchdog rebuilds a recursive watch by removing every watch
   and adding them again; each removal queues an ``IN_IGNORED`` event, so a tree of more
@@ -22,8 +22,8 @@ import pytest
 from support import TmpfsMount, wait_until
 
 from watcher.core.messages import EventsLost, FileEvent
-from watcher.verify import coverage
-from watcher.watch import RootWatcher
+from watcher.edges.verify import coverage
+from watcher.edges.watch import RootWatcher
 
 WAIT = 15.0
 

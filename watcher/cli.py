@@ -29,8 +29,8 @@ from watcher.commands.refresh import refresh
 from watcher.commands.run import run
 from watcher.commands.status import status
 from watcher.config import Config, LogFormat, LogLevel, default_config_file, load
+from watcher.edges.jellyfin import JellyfinClient
 from watcher.errors import ConfigError, JellyfinError
-from watcher.jellyfin import JellyfinClient
 
 logger = logging.getLogger("watcher")
 

@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from watcher.config import Config
+from watcher.core.health import Health, State
 from watcher.core.machine import Snapshot
-from watcher.health import Health, State
 
 
 def document(snapshot: Snapshot, wall_offset: float, pid: int, started: float) -> dict[str, Any]:
@@ -107,3 +107,88 @@ def check_line(health: Health, config: Config) -> str:
             where += f" ({health.fstype})"
         return f"{health.root.path}: healthy ({where})" if where else f"{health.root.path}: healthy"
     return f"{health.root.path}: {health.state} ({health.reason})"
+
+
+def needs_attention(status: dict[str, Any]) -> bool:
+    """A root is unhealthy, or a batch is held back (by the health gate or a failing server)."""
+    unhealthy = any(root.get("state") != "healthy" for root in status.get("roots", []))
+    pending = status.get("pending") or {}
+    return unhealthy or bool(pending.get("held"))
+
+
+def render(status: dict[str, Any], now: float | None = None) -> str:
+    """A table a person reads: one line per root, then pending changes and the last refresh."""
+    now = time.time() if now is None else now
+    header = ("ROOT", "MOUNT POINT", "TYPE", "HEALTH", "WATCHED DIRS")
+    rows = [header]
+    for root in status.get("roots", []):
+        health = root.get("state", "?")
+        if root.get("reason"):
+            health += f" ({root['reason']})"
+        watched = root.get("watched_directories")
+        shown = "-" if not root.get("watched") else str(watched) if watched is not None else "yes"
+        if root.get("watched") and root.get("mode") == "poll":
+            shown += f" (polled: {root.get('poll') or 'mtime'})"
+        elif root.get("verification") == "running":
+            shown += " (verifying)"
+        rows.append(
+            (
+                str(root.get("path", "")),
+                str(root.get("mount_point") or "-"),
+                str(root.get("fstype") or "-"),
+                health,
+                shown,
+            )
+        )
+        for branch in root.get("branches") or []:
+            state = str(branch.get("state", "?"))
+            if branch.get("reason"):
+                state += f" ({branch['reason']})"
+            rows.append(
+                (
+                    f"  branch {branch.get('path', '')} ({branch.get('mode', '?')}) of {branch.get('pool', '')}",
+                    str(branch.get("mount_point") or "-"),
+                    str(branch.get("fstype") or "-"),
+                    state,
+                    "",
+                )
+            )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
+    pending = status.get("pending")
+    if pending:
+        line = f"pending: {pending.get('changes', 0)} changes under {', '.join(pending.get('roots', []))}"
+        if pending.get("held"):
+            line += f"; held back: {pending['held']}"
+        elif pending.get("due") is not None:
+            line += f"; refresh due {_when(pending['due'], now)}"
+        lines.append(line)
+    else:
+        lines.append("pending: nothing")
+    last = status.get("last_refresh")
+    if last:
+        lines.append(f"last refresh: {_clock(last.get('time'))} ({last.get('result', '?')})")
+    else:
+        lines.append("last refresh: none since start")
+    backup = status.get("last_backup")
+    if backup:
+        lines.append(
+            f"last backup: {backup.get('archive', '?')} ({', '.join(backup.get('holds') or []) or '?'}) at "
+            f"{_clock(backup.get('time'))}, before removing {backup.get('removals', '?')} items "
+            "(restore: POST /Backup/Restore, or start Jellyfin with --restore-archive)"
+        )
+    lines.append(f"daemon: pid {status.get('pid')}, status written {_clock(status.get('updated'))}")
+    return "\n".join(lines)
+
+
+def _clock(moment: Any) -> str:
+    if not isinstance(moment, (int, float)):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def _when(moment: Any, now: float) -> str:
+    if not isinstance(moment, (int, float)):
+        return "?"
+    seconds = moment - now
+    return "now" if seconds <= 0 else f"in {seconds:.0f} s ({_clock(moment)})"

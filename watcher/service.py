@@ -25,19 +25,19 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from watcher import status as status_file
 from watcher.config import Config
 from watcher.core.machine import Core, daemon_view, listed, snapshot
 from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
 from watcher.core.notices import Notices, Policy
+from watcher.edges import statusfile as status_file
+from watcher.edges.jellyfin import JellyfinClient
 from watcher.edges.notifications import Sender
 from watcher.edges.sdnotify import Notifier
+from watcher.edges.state import StateStore
+from watcher.edges.watch import MountMonitor
 from watcher.edges.workers import Executor, Reloader
 from watcher.errors import ConfigError
-from watcher.jellyfin import JellyfinClient
 from watcher.presentation import document, signature, status_line
-from watcher.state import StateStore
-from watcher.watch import MountMonitor
 
 logger = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from watcher import guard
 from watcher.config import Secret
-from watcher.jellyfin import JellyfinClient
+from watcher.edges import predict as guard
+from watcher.edges.jellyfin import JellyfinClient
 
 PER_FOLDER = 100
 

@@ -63,8 +63,8 @@ def main(argv: list[str]) -> int:
     leaf = _leaf(root)
     if kind == "rootpoller":
         from watcher.config import DEFAULT_IGNORE
-        from watcher.filters import IgnoreFilter
-        from watcher.poll import RootPoller
+        from watcher.core.filters import IgnoreFilter
+        from watcher.edges.poll import RootPoller
 
         poller = RootPoller(root, interval=3600, timeout=3600, ignore_regex=IgnoreFilter(DEFAULT_IGNORE).regex, put=lambda item: None)
 

@@ -36,8 +36,8 @@ from shares import RcloneMount, RcloneServer
 
 from tests.benchmarks.tree import build
 from watcher.config import DEFAULT_IGNORE
-from watcher.filters import IgnoreFilter
-from watcher.poll import RootPoller
+from watcher.core.filters import IgnoreFilter
+from watcher.edges.poll import RootPoller
 
 CACHES = {"expired": "1s", "fresh": "1h"}
 GAP = 1.2

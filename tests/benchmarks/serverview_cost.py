@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from watcher.config import Config, JellyfinSettings, Root, Secret
+from watcher.edges.jellyfin import JellyfinClient
+from watcher.edges.probe import probe_roots
 from watcher.edges.serverview import check_roots
-from watcher.health import probe_roots
-from watcher.jellyfin import JellyfinClient
 
 _EMULATOR = r"""
 import json, sys

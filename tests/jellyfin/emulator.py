@@ -1,6 +1,7 @@
 """A Jellyfin 10.11 server emulator for tests: a real HTTP server on 127.0.0.1, harm included.
 
-What it emulates, and from where (see ``../shared/FACTS.md``, "Jellyfin server API"):
+What it emulates, and from where (Jellyfin's OpenAPI spec and its server source,
+``MediaBrowser.Controller/Entities/Folder.cs`` and the controllers in ``Jellyfin.Api``):
 
 - the 19 operations of ``openapi-subset.json`` (Jellyfin 10.11.11's own OpenAPI spec, cut down by
   ``make_spec_subset.py``), with the real field names and status codes;
@@ -51,7 +52,7 @@ an emulator bug and is recorded with the prefix ``"response:"``.
 Deliberate strictness beyond real Jellyfin (each is a client bug worth catching):
 
 - ``format: uuid`` parameters and body fields must be in the dashed form. Jellyfin also accepts
-  32 hex digits, but the spec says uuid, and FACTS.md tells the client to send the dashed form;
+  32 hex digits, but the spec says uuid, so the client sends the dashed form;
 - undeclared query parameters are a 400;
 - the ``Emby`` authorization scheme (``Authorization: Emby Token=…``) is treated as legacy.
 

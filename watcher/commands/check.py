@@ -15,12 +15,13 @@ from watcher.commands.common import (
     roots_of,
 )
 from watcher.config import Config
+from watcher.core.guard import Limits
+from watcher.core.health import branch_lines
 from watcher.core.serverview import Comparison
+from watcher.edges.jellyfin import JellyfinClient
+from watcher.edges.predict import predict
 from watcher.edges.serverview import check_roots
 from watcher.errors import JellyfinError
-from watcher.guard import Limits, predict
-from watcher.health import branch_lines
-from watcher.jellyfin import JellyfinClient
 from watcher.presentation import check_line
 
 

@@ -11,11 +11,13 @@ import logging
 from collections.abc import Sequence
 
 from watcher.config import Config, Root, Secret
+from watcher.core.health import Health
 from watcher.core.libraries import needs_libraries, resolve_roots
+from watcher.core.state import SavedState
+from watcher.edges.jellyfin import JellyfinClient, UserLogin
+from watcher.edges.probe import probe_roots
+from watcher.edges.state import StateStore
 from watcher.errors import ConfigError
-from watcher.health import Health, probe_roots
-from watcher.jellyfin import JellyfinClient, UserLogin
-from watcher.state import SavedState, StateStore
 
 logger = logging.getLogger("watcher")
 

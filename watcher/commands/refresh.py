@@ -26,16 +26,17 @@ from watcher.core import decide as steps
 from watcher.core.debounce import Batch
 from watcher.core.decide import Attempt, Situation, decide
 from watcher.core.gate import RootView
+from watcher.core.guard import Limits, Prediction
+from watcher.core.health import Health
 from watcher.core.machine import part
 from watcher.core.scope import plan
 from watcher.core.serverview import reasons as view_reasons
 from watcher.edges.backup import BackupUnavailable, create_backup
+from watcher.edges.jellyfin import JellyfinClient
+from watcher.edges.predict import predict
 from watcher.edges.serverview import check_roots
 from watcher.edges.workers import send
 from watcher.errors import JellyfinError
-from watcher.guard import Limits, Prediction, predict
-from watcher.health import Health
-from watcher.jellyfin import JellyfinClient
 
 MAX_STEPS = 100
 """Steps at most (each probe, question to Jellyfin or send is one): a bound, never reached

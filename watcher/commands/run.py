@@ -20,11 +20,11 @@ from pathlib import Path
 
 from watcher.commands.common import EXIT_OK, client_for, probe
 from watcher.config import Config
+from watcher.edges.jellyfin import JellyfinClient
 from watcher.edges.sdnotify import Notifier
+from watcher.edges.state import StateStore
 from watcher.errors import ConfigError
-from watcher.jellyfin import JellyfinClient
 from watcher.service import Service
-from watcher.state import StateStore
 
 logger = logging.getLogger("watcher")
 

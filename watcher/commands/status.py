@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 
-from watcher import status as status_file
+from watcher import presentation
 from watcher.commands.common import EXIT_OK, EXIT_SERVER, EXIT_UNHEALTHY
 from watcher.config import Config
+from watcher.edges import statusfile as status_file
 
 
 def status(config: Config, as_json: bool, quiet: bool) -> int:
@@ -17,7 +18,7 @@ def status(config: Config, as_json: bool, quiet: bool) -> int:
     if document is None or not status_file.daemon_running(document):
         code = EXIT_SERVER
     else:
-        code = EXIT_UNHEALTHY if status_file.needs_attention(document) else EXIT_OK
+        code = EXIT_UNHEALTHY if presentation.needs_attention(document) else EXIT_OK
     if quiet:
         return code
     if as_json:
@@ -31,5 +32,5 @@ def status(config: Config, as_json: bool, quiet: bool) -> int:
         else:
             print(f"not running: pid {document.get('pid')} is gone; status file {where} is stale")
         return code
-    print(status_file.render(document))
+    print(presentation.render(document))
     return code

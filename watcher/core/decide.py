@@ -40,7 +40,7 @@ from watcher.core.gate import RootView, Verdict, gate
 from watcher.core.protections import backup_due
 
 if TYPE_CHECKING:
-    from watcher.guard import Prediction
+    from watcher.core.guard import Prediction
 
 SUPPRESSED_RECHECK = 5.0
 """Seconds between health checks while a due batch is held back by an unhealthy root (a
@@ -278,7 +278,7 @@ def refusals(predictions: Sequence[Prediction], config: Config, allowed: int = 0
     """The loss guard's refusal ("" when the refresh may go ahead): every library whose
     predicted removals exceed its limits, with the command that confirms a deliberate
     clean-up."""
-    from watcher.guard import Limits
+    from watcher.core.guard import Limits
 
     refused = []
     for prediction in predictions:

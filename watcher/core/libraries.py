@@ -9,14 +9,11 @@ can be scoped to that library.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from watcher.config import Config, Root
 from watcher.errors import ConfigError
-
-if TYPE_CHECKING:
-    from watcher.jellyfin import Library
 
 
 def needs_libraries(config: Config, dry_run: bool) -> bool:
@@ -84,3 +81,19 @@ def tag_roots(config: Config, roots: Sequence[Root], libraries: Sequence[Library
             warnings.append(f"{root.path} is in no Jellyfin library: it can only be refreshed with a server-wide scan")
         tagged.append(root)
     return tuple(tagged), warnings
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """A Jellyfin library ("virtual folder"): ``item_id`` is 32 hex digits, ``locations``
+    the folders as Jellyfin sees them, ``options`` its ``LibraryOptions`` object."""
+
+    name: str
+    item_id: str
+    locations: tuple[str, ...]
+    collection_type: str | None = None
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def realtime_monitor(self) -> bool:
+        return bool(self.options.get("EnableRealtimeMonitor"))

@@ -25,7 +25,9 @@ from watcher.core import decide as steps
 from watcher.core.backoff import Backoff
 from watcher.core.debounce import Batch, Debouncer
 from watcher.core.decide import Attempt, Decision, Situation, decide, refusals
+from watcher.core.filters import IgnoreFilter
 from watcher.core.gate import RootView
+from watcher.core.guard import Prediction
 from watcher.core.messages import (
     Action,
     AskScan,
@@ -39,6 +41,7 @@ from watcher.core.messages import (
     JobCrashed,
     JobFailed,
     MountsChanged,
+    PollResult,
     Predict,
     Predicted,
     Probe,
@@ -68,6 +71,7 @@ from watcher.core.notices import RootView as NoticeRoot
 from watcher.core.roots import RootTracker
 from watcher.core.scope import RefreshRequest, plan
 from watcher.core.serverview import reasons as view_reasons
+from watcher.core.state import PendingChanges, SavedState
 from watcher.core.writes import WriteTracker
 from watcher.errors import (
     ConfigError,
@@ -76,11 +80,7 @@ from watcher.errors import (
     SetupError,
     WatcherError,
 )
-from watcher.filters import IgnoreFilter
-from watcher.guard import Prediction
 from watcher.paths import within
-from watcher.poll import PollResult
-from watcher.state import PendingChanges, SavedState
 
 READY_DEADLINE = 30.0
 """Seconds after the first probe by which start-up counts as done (``READY=1``) even if a

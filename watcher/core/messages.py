@@ -15,17 +15,16 @@ from typing import TYPE_CHECKING
 from watcher.config import Config, Root
 from watcher.core.debounce import Batch
 from watcher.core.scope import RefreshRequest
+from watcher.core.state import SavedState
 from watcher.core.writes import WriteCheck
 from watcher.errors import WatcherError
-from watcher.state import SavedState
 
 if TYPE_CHECKING:
+    from watcher.core.coverage import Coverage
+    from watcher.core.guard import Prediction
+    from watcher.core.health import Health
+    from watcher.core.protections import Archive
     from watcher.core.serverview import Comparison
-    from watcher.edges.backup import Archive
-    from watcher.guard import Prediction
-    from watcher.health import Health
-    from watcher.poll import PollResult
-    from watcher.verify import Coverage
 
 # --- items: into the core -------------------------------------------------------------
 
@@ -92,6 +91,22 @@ class Verified:
     root: str
     ticket: int
     coverage: Coverage
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """Queue item: one polling cycle of ``root`` finished.
+
+    ``changed``: folders whose relevant entries changed (or appeared, or vanished).
+    ``first``: the cycle that built the baseline (reports nothing). ``failed``: the cycle
+    did not finish in time or the root was gone — the service should probe the root.
+    """
+
+    root: str
+    changed: tuple[str, ...] = ()
+    first: bool = False
+    failed: str = ""
+    directories: int = 0
 
 
 @dataclass(frozen=True, slots=True)

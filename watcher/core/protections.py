@@ -89,3 +89,18 @@ def backup_due(predicted_removals: int, allowed_removals: int, min_removals: int
     (``allowed_removals`` > 0, ``refresh --allow-removals``), else when at least
     ``min_removals`` (and at least one) items are predicted to go."""
     return allowed_removals > 0 or predicted_removals >= max(1, min_removals)
+
+
+@dataclass(frozen=True, slots=True)
+class Archive:
+    """A backup Jellyfin wrote: ``name`` (``jellyfin-backup-….zip``), ``path`` on Jellyfin's
+    side, ``holds`` (``database``, ``metadata``, …) and Jellyfin's ``version`` that wrote it."""
+
+    name: str
+    path: str
+    holds: tuple[str, ...]
+    version: str
+
+    def describe(self) -> str:
+        """``jellyfin-backup-20260101120000.zip (database; Jellyfin 10.11.11)``"""
+        return f"{self.name} ({', '.join(self.holds)}; Jellyfin {self.version})"

@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.config import Config, Root
+from watcher.core.coverage import UNREPORTED, Coverage
+from watcher.core.health import Health, State
 from watcher.core.messages import (
     Action,
     DropEvents,
+    PollResult,
     Unwatch,
     Watch,
     debug,
@@ -31,9 +34,6 @@ from watcher.core.messages import (
     info,
     warning,
 )
-from watcher.health import Health, State
-from watcher.poll import PollResult
-from watcher.verify import UNREPORTED, Coverage
 
 Identity = tuple[Any, ...]
 """(device, inode, mounts, branches) of a root: what its watch was set up on."""

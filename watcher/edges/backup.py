@@ -16,28 +16,12 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from dataclasses import dataclass
 
-from watcher.core.protections import Protections, parse_version
+from watcher.core.protections import Archive, Protections, parse_version
+from watcher.edges.jellyfin import JellyfinClient, http_status
 from watcher.errors import RequestRejected
-from watcher.jellyfin import JellyfinClient, http_status
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Archive:
-    """A backup Jellyfin wrote: ``name`` (``jellyfin-backup-….zip``), ``path`` on Jellyfin's
-    side, ``holds`` (``database``, ``metadata``, …) and Jellyfin's ``version`` that wrote it."""
-
-    name: str
-    path: str
-    holds: tuple[str, ...]
-    version: str
-
-    def describe(self) -> str:
-        """``jellyfin-backup-20260101120000.zip (database; Jellyfin 10.11.11)``"""
-        return f"{self.name} ({', '.join(self.holds)}; Jellyfin {self.version})"
 
 
 class BackupUnavailable(Exception):

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from watcher.config import Config
+from watcher.core.filters import IgnoreFilter
+from watcher.core.health import Health
 from watcher.core.serverview import (
     Comparison,
     Kind,
@@ -26,10 +28,9 @@ from watcher.core.serverview import (
     compare,
     targets,
 )
+from watcher.edges.child import run_child
+from watcher.edges.jellyfin import JellyfinClient, http_status
 from watcher.errors import KeyRejected, NoAnswer, RequestRejected, ServerUnavailable
-from watcher.filters import IgnoreFilter
-from watcher.health import Health, run_child
-from watcher.jellyfin import JellyfinClient, http_status
 
 # argv[1]: seconds of the in-flight window; argv[2:]: folders. One JSON line per folder:
 # {"index", "kind": "listed"|"missing"|"failed", "names": [...], "recent": [...], "error"}.

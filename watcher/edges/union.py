@@ -144,7 +144,7 @@ def probe_pools(requests: Sequence[PoolRequest], timeout: float, stop: threading
     """Read each pool's branches (unless given) and probe every branch; one answer per
     request, in order. Both steps together take at most ``timeout`` seconds (plus the
     reaping of killed children, 0.2 s each). Never raises for a filesystem problem."""
-    from watcher.health import run_child  # health imports this module
+    from watcher.edges.child import run_child
 
     if not requests:
         return []

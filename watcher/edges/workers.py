@@ -23,6 +23,9 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from watcher.config import Config, Root
+from watcher.core.coverage import Coverage
+from watcher.core.filters import IgnoreFilter
+from watcher.core.health import Health
 from watcher.core.libraries import needs_libraries, resolve_roots
 from watcher.core.messages import (
     Action,
@@ -56,17 +59,16 @@ from watcher.core.messages import (
 from watcher.core.scope import RefreshRequest
 from watcher.edges.automount import MountHolder
 from watcher.edges.backup import BackupUnavailable, create_backup
+from watcher.edges.jellyfin import JellyfinClient
+from watcher.edges.poll import RootPoller
+from watcher.edges.predict import predict
+from watcher.edges.probe import probe_roots
 from watcher.edges.serverview import check_roots
+from watcher.edges.state import StateStore
+from watcher.edges.verify import coverage
+from watcher.edges.watch import RootWatcher
 from watcher.edges.writes import check_writes
 from watcher.errors import JellyfinError, WatcherError
-from watcher.filters import IgnoreFilter
-from watcher.guard import predict
-from watcher.health import Health, probe_roots
-from watcher.jellyfin import JellyfinClient
-from watcher.poll import RootPoller
-from watcher.state import StateStore
-from watcher.verify import Coverage, coverage
-from watcher.watch import RootWatcher
 
 logger = logging.getLogger("watcher.service")
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 
 from watcher.core.writes import WriteCheck
-from watcher.health import run_child
+from watcher.edges.child import run_child
 
 TIMEOUT = 10.0
 """Seconds the check may take."""

@@ -25,15 +25,15 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from watcher.health import run_child
-from watcher.jellyfin import JellyfinClient, Library, dashed
+from watcher.core.guard import EXAMPLES, Prediction
+from watcher.core.libraries import Library
+from watcher.edges.child import run_child
+from watcher.edges.jellyfin import JellyfinClient, dashed
 
 MEDIA_ITEM_TYPES = ("Movie", "Episode", "Video", "MusicVideo", "Trailer", "Audio", "AudioBook", "Book", "Photo")
 """BaseItemKind values whose items are backed by one media file (folders are not)."""
 PAGE_SIZE = 1000
 """Items per ``GET /Items`` page."""
-EXAMPLES = 5
-"""Missing paths named in a refusal."""
 
 # stdin: a JSON line with the library's locations, then one path per line. Each file is
 # looked up the way a scan finds it: by listing its folder, and every folder from the
@@ -109,87 +109,6 @@ sys.stdout.flush()
 """
 
 
-@dataclass(frozen=True, slots=True)
-class FileCheck:
-    """What the existence check found: ``missing`` paths (gone), ``unreadable`` paths (below
-    a folder that cannot be listed) with that folder and the error, and whether the check
-    finished in time (if not, the lists mean nothing)."""
-
-    missing: tuple[str, ...]
-    unreadable: tuple[tuple[str, str, str], ...]
-    """(path, folder, error) for each file below a folder that cannot be listed."""
-    finished: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """A removal is refused when it exceeds *both*: more than ``count`` items and more
-    than ``share`` (a fraction, 0.05 = 5 %) of the library's items."""
-
-    count: int = 20
-    share: float = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What a scan of one library would remove.
-
-    ``items``: media items Jellyfin holds; ``missing``: how many of their files a scan would
-    not find — gone, or below a folder that cannot be listed (``unreadable`` of them);
-    ``examples``: the first few such paths (local); ``unreadable_folders``: the folders that
-    cannot be listed, each with its error (``("/mnt/movies/Private", "permission denied")``);
-    ``unresponsive``: the existence check did not finish in time (nothing is known);
-    ``pages``: ``GET /Items`` requests made.
-    """
-
-    library: Library
-    items: int
-    missing: int
-    examples: tuple[str, ...] = ()
-    unresponsive: bool = False
-    pages: int = 0
-    unreadable: int = 0
-    unreadable_folders: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def share(self) -> float:
-        return self.missing / self.items if self.items else 0.0
-
-    def refused(self, limits: Limits, allowed: int = 0) -> bool:
-        """Whether a refresh must not go ahead (``allowed``: removals a person confirmed)."""
-        if self.unresponsive:
-            return True
-        if self.missing <= allowed:
-            return False
-        return self.missing > limits.count and self.share > limits.share
-
-    @property
-    def hint(self) -> str:
-        """What a person can do about a refusal ("" when nothing is known)."""
-        if self.unresponsive:
-            return ""
-        confirm = f"if this clean-up is deliberate: jellyfin-watcher refresh --allow-removals {self.missing}"
-        if self.unreadable:
-            return f"let the watcher's and Jellyfin's users read the folders that cannot be read, or fix their storage; {confirm}"
-        return confirm
-
-    def describe(self) -> str:
-        """``library Movies: 30 of 60 items (50%) would be removed: /a.mkv, … and 25 more;
-        30 of them unreadable (permission denied on /mnt/movies/Private)``."""
-        if self.unresponsive:
-            return f"library {self.library.name}: the existence check did not finish in time (unresponsive storage)"
-        examples = ", ".join(self.examples)
-        more = f" and {self.missing - len(self.examples)} more" if self.missing > len(self.examples) else ""
-        head = f"library {self.library.name}: {self.missing} of {self.items} items ({self.share:.0%}) would be removed"
-        text = head + (f": {examples}{more}" if self.missing else "")
-        if self.unreadable:
-            folders = ", ".join(f"{error} on {folder}" for folder, error in self.unreadable_folders[:EXAMPLES])
-            extra = len(self.unreadable_folders) - EXAMPLES
-            folders += f" and {extra} more folders" if extra > 0 else ""
-            text += f"; {self.unreadable} of them unreadable ({folders})"
-        return text
-
-
 def predict(
     client: JellyfinClient,
     library: Library,
@@ -263,3 +182,15 @@ def missing_files(paths: Sequence[str], timeout: float, stop: threading.Event | 
     (if not, the list means nothing)."""
     found = check_files(paths, [], timeout, stop)
     return [*found.missing, *(path for path, _, _ in found.unreadable)], found.finished
+
+
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """What the existence check found: ``missing`` paths (gone), ``unreadable`` paths (below
+    a folder that cannot be listed) with that folder and the error, and whether the check
+    finished in time (if not, the lists mean nothing)."""
+
+    missing: tuple[str, ...]
+    unreadable: tuple[tuple[str, str, str], ...]
+    """(path, folder, error) for each file below a folder that cannot be listed."""
+    finished: bool

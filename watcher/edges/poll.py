@@ -1,8 +1,9 @@
 """Polling, for roots inotify cannot see into: network shares and FUSE mounts.
 
 inotify only sees changes made through this machine's mount: files written on the NAS
-itself or by another client of an NFS/SMB/rclone share produce no event (FACTS.md,
-"watchdog 7.1"). watchdog's ``PollingObserver`` stats every *file* on every cycle (1.33 s
+itself or by another client of an NFS/SMB/rclone share produce no event (inotify(7),
+"Limitations and caveats": inotify "does not catch remote events that occur on network
+filesystems"). watchdog's ``PollingObserver`` stats every *file* on every cycle (1.33 s
 and +194 MiB per cycle for 110k entries). This poller is cheaper:
 
 * it remembers, per *directory*, its mtime and a 64-bit digest of the names of its
@@ -35,10 +36,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from watcher.health import run_child
+from watcher.core.messages import PollResult
+from watcher.edges.child import run_child
 
 logger = logging.getLogger(__name__)
 
@@ -175,22 +176,6 @@ RACY_NS = 3_000_000_000
 on the next cycle (method ``mtime``). A change made within the same tick of a coarse clock
 leaves the mtime as it was: sshfs passes SFTP's whole seconds, FAT has two. Three seconds
 also leave a second of clock difference between a server and this machine."""
-
-
-@dataclass(frozen=True, slots=True)
-class PollResult:
-    """Queue item: one polling cycle of ``root`` finished.
-
-    ``changed``: folders whose relevant entries changed (or appeared, or vanished).
-    ``first``: the cycle that built the baseline (reports nothing). ``failed``: the cycle
-    did not finish in time or the root was gone — the service should probe the root.
-    """
-
-    root: str
-    changed: tuple[str, ...] = ()
-    first: bool = False
-    failed: str = ""
-    directories: int = 0
 
 
 class RootPoller:

@@ -1,6 +1,6 @@
 """The Jellyfin HTTP API, as far as the watcher uses it.
 
-Endpoints (Jellyfin 10.11 OpenAPI spec; FACTS.md "Jellyfin server API"):
+Endpoints (Jellyfin 10.11.11's OpenAPI spec; the controllers in ``Jellyfin.Api/Controllers``):
 
 * ``GET /System/Info/Public`` (no auth): server name and version. ``GET /System/Info``
   needs a valid key: used to test it.
@@ -54,7 +54,7 @@ import ssl
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from watcher.core.answers import (
     shape_message,
     tls_message,
 )
+from watcher.core.libraries import Library
 from watcher.errors import (
     ConfigError,
     JellyfinError,
@@ -132,22 +133,6 @@ TRANSIENT_RETRY = Retry(
     respect_retry_after_header=False,
     raise_on_status=False,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Library:
-    """A Jellyfin library ("virtual folder"): ``item_id`` is 32 hex digits, ``locations``
-    the folders as Jellyfin sees them, ``options`` its ``LibraryOptions`` object."""
-
-    name: str
-    item_id: str
-    locations: tuple[str, ...]
-    collection_type: str | None = None
-    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def realtime_monitor(self) -> bool:
-        return bool(self.options.get("EnableRealtimeMonitor"))
 
 
 @dataclass(frozen=True, slots=True)

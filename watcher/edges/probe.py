@@ -19,164 +19,33 @@ the mount table then still shows autofs there, the share did not mount: ``unmoun
 
 Every filesystem call on a root (``realpath``, ``stat``, ``scandir``) runs in a child
 process that is killed when the deadline passes: on a dead NFS/SMB/FUSE mount these calls
-block in the kernel and no thread can be cancelled (FACTS.md, "psutil and mounts"). The
+block in the kernel and no thread can be cancelled (nfs(5), ``hard``: requests are retried
+indefinitely; a FUSE request waits for its daemon's answer). The
 mount table is read in-process with ``psutil.disk_partitions(all=True)``, which never
 blocks, even when a mount is dead; ``all=False`` would drop nfs, cifs, tmpfs and fuse.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import logging
 import os
-import select
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
 from watcher.config import Root
 from watcher.core.automount import autofs_mounts, automount_of, unmounted_automount
+from watcher.core.health import BranchHealth, Health, State
+from watcher.core.state import LearnedBranch
 from watcher.core.union import OVERLAY, POOL_KINDS, BranchSpec, parse_overlay_layers
+from watcher.edges.child import run_child
+from watcher.edges.mounts import mount_ids
 from watcher.edges.union import BranchAnswer, PoolRequest, probe_pools
-from watcher.mounts import mount_ids
-from watcher.state import LearnedBranch, SavedState
 
 logger = logging.getLogger(__name__)
-
-
-class State(enum.StrEnum):
-    HEALTHY = "healthy"
-    MISSING = "missing"
-    UNREADABLE = "unreadable"
-    EMPTY = "empty"
-    UNMOUNTED = "unmounted"
-    UNRESPONSIVE = "unresponsive"
-
-
-@dataclass(frozen=True, slots=True)
-class BranchHealth:
-    """One branch of the pool a root lives on, as the last probe found it.
-
-    ``path``: the branch as the pool names it (a glob's match); ``mode``: ``RW``, ``RO``,
-    ``NC`` (mergerfs) or ``lower``, ``upper`` (overlayfs); ``pool``/``kind``: the pool's
-    mount point and ``mergerfs`` or ``overlayfs``; ``reason``: what is wrong, worded to
-    follow "branch … of the … pool …"; ``mount_point``/``fstype``/``mount_id``: where the
-    branch lives per the mount table; ``empty``: it has no entries; ``counterpart``: the
-    folder on this branch that holds the root's files, if there is one.
-    """
-
-    path: str
-    mode: str
-    pool: str
-    kind: str
-    state: State
-    reason: str = ""
-    mount_point: str | None = None
-    fstype: str | None = None
-    mount_id: int = 0
-    empty: bool = False
-    counterpart: str | None = None
-    visible: bool = True
-    """False for an overlay layer this mount namespace cannot see (a container's own root
-    names host folders): it is neither checked nor learned."""
-
-    @property
-    def healthy(self) -> bool:
-        return self.state is State.HEALTHY
-
-    def describe(self) -> str:
-        """``branch /mnt/disk2 of the mergerfs pool /pool is not mounted``"""
-        text = f"branch {self.path} of the {self.kind} pool {self.pool}"
-        return f"{text} {self.reason}" if self.reason else f"{text} is healthy"
-
-    def as_status(self) -> dict[str, object]:
-        """The branch as ``status --json`` shows it."""
-        return {
-            "path": self.path,
-            "mode": self.mode,
-            "pool": self.pool,
-            "kind": self.kind,
-            "state": self.state.value,
-            "reason": self.reason,
-            "mount_point": self.mount_point,
-            "fstype": self.fstype,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """What a probe found for one root.
-
-    ``mount_point``/``fstype``: where the root's real path lives per the mount table (None
-    when the probe could not resolve it). ``device``/``inode``: of the root folder (None
-    unless it was stat'ed).
-    """
-
-    root: Root
-    state: State
-    reason: str = ""
-    mount_point: Path | None = None
-    fstype: str | None = None
-    device: int | None = None
-    inode: int | None = None
-    is_file: bool = False
-    mounts: tuple[tuple[str, int], ...] = ()
-    """The mount point the root lives on and every mount point below it, each with its
-    kernel mount ID (0 where unknown): a change means the watches on it died."""
-    pool: str | None = None
-    """The mount point of the union filesystem (mergerfs, overlay) the root lives on."""
-    branches: tuple[BranchHealth, ...] = ()
-    """The pool's branches, when the root lives on one."""
-    pool_problem: str = ""
-    """Why the pool's branches are not known (they are then not checked)."""
-    automounts: tuple[str, ...] = ()
-    """The automounted mount points the root needs (its own, the ones below it) that are
-    mounted: keep them busy while watching, or they expire under the inotify watches."""
-
-    @property
-    def healthy(self) -> bool:
-        return self.state is State.HEALTHY
-
-    @property
-    def mounts_below(self) -> list[str]:
-        """The mount points below the root (``mounts`` starts with the root's own)."""
-        return [point for point, _ in self.mounts[1:]]
-
-    @property
-    def counterparts(self) -> tuple[str, ...]:
-        """The folders on a mergerfs pool's branches that hold the root's files: a file
-        written straight to one of them makes no event on the pool."""
-        return tuple(branch.counterpart for branch in self.branches if branch.counterpart and branch.kind == "mergerfs")
-
-    @property
-    def branch_identity(self) -> tuple[tuple[str, int, str | None], ...]:
-        """Each branch with its mount ID and counterpart: a change means the watches on it died."""
-        return tuple((branch.path, branch.mount_id, branch.counterpart) for branch in self.branches)
-
-    def learn_into(self, saved: SavedState) -> bool:
-        """Record where this (healthy) root lives in ``saved``, and the branches of its
-        pool; True if anything was new."""
-        mount_point = None if self.mount_point is None else str(self.mount_point)
-        key = str(self.root.path)
-        learned = saved.learn(key, mount_point, self.mounts_below, self.root.mount is not None)
-        for branch in self.branches:
-            if branch.healthy and branch.visible and branch.mount_point is not None:
-                seen = LearnedBranch(branch.pool, branch.kind, branch.mode, branch.mount_point, not branch.empty)
-                learned |= saved.learn_branch(key, branch.path, seen)
-        return learned
-
-    def describe(self) -> str:
-        """``"/mnt/usb/movies is unmounted (…)"``: the line a user reads."""
-        if self.healthy:
-            return f"{self.root.path} is healthy"
-        return f"{self.root.path} is {self.state} ({self.reason})"
 
 
 # The child's program: one thread per root so that one hung root does not hide the others;
@@ -230,9 +99,6 @@ _ERRNO_HINTS = {
     5: "input/output error: the disk or share is failing",  # EIO
     112: "host is down",  # EHOSTDOWN
 }
-
-_unreaped: list[subprocess.Popen[bytes]] = []
-_unreaped_lock = threading.Lock()
 
 
 def probe_roots(
@@ -432,25 +298,6 @@ def _judge_branch(
     return found
 
 
-def branch_lines(health: Health) -> list[str]:
-    """One line per branch of the pool a root lives on, for ``check`` and ``doctor``:
-    ``branch /mnt/disk1 (RW) of the mergerfs pool /pool: healthy (on /mnt/disk1, ext4)``,
-    ``branch /mnt/disk2 (RW) of the mergerfs pool /pool is not mounted``."""
-    lines = []
-    if health.pool_problem:
-        lines.append(f"the pool {health.pool}: {health.pool_problem}: its branches are not checked")
-    for branch in health.branches:
-        head = f"branch {branch.path} ({branch.mode}) of the {branch.kind} pool {branch.pool}"
-        if branch.healthy and branch.reason:
-            lines.append(f"{head}: {branch.reason}")
-        elif branch.healthy:
-            where = f"on {branch.mount_point}" + (f", {branch.fstype}" if branch.fstype else "")
-            lines.append(f"{head}: healthy ({where})")
-        else:
-            lines.append(f"{head} {branch.reason}")
-    return lines
-
-
 def mounts_below(real_path: str, mounts: Mapping[str, tuple[str, str]]) -> list[str]:
     """Mount points strictly inside ``real_path``, sorted."""
     prefix = real_path.rstrip("/") + "/"
@@ -544,74 +391,3 @@ def _run_probe(paths: list[str], timeout: float, stop: threading.Event | None) -
     return {int(line.pop("index")): line for line in lines}  # type: ignore[call-overload]
 
 
-def run_child(
-    program: str,
-    arguments: Sequence[str],
-    timeout: float,
-    stop: threading.Event | None,
-    stdin: str | None = None,
-) -> tuple[list[dict[str, object]], bool]:
-    """Run ``program`` (Python source, standard library only) in a child process.
-
-    ``stdin`` (optional) is written to the child's standard input by a helper thread.
-    The child writes one JSON object per line on stdout. Returns the objects that arrived
-    within ``timeout`` seconds, and whether the child finished by then. A child still
-    running at the deadline (or when ``stop`` is set) is killed with SIGKILL; one stuck in
-    the kernel on a hung mount is reaped later. Never blocks longer than ``timeout`` + 0.2 s.
-    """
-    _reap()
-    process = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", program, *arguments],
-        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        close_fds=True,
-    )
-    assert process.stdout is not None
-    if stdin is not None:
-        threading.Thread(target=_feed, args=(process, stdin), name="child-stdin", daemon=True).start()
-    lines: list[dict[str, object]] = []
-    buffer = b""
-    finished = False
-    deadline = time.monotonic() + timeout
-    fd = process.stdout.fileno()
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (stop is not None and stop.is_set()):
-                break
-            readable, _, _ = select.select([fd], [], [], min(remaining, 0.1))
-            if not readable:
-                continue
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                finished = True
-                break
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            lines.extend(json.loads(line) for line in complete)
-    finally:
-        process.stdout.close()
-        if process.poll() is None:
-            process.kill()
-        try:
-            process.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            # Still in the kernel (a hung mount); reap it on a later run.
-            with _unreaped_lock:
-                _unreaped.append(process)
-    return lines, finished
-
-
-def _feed(process: subprocess.Popen[bytes], text: str) -> None:
-    assert process.stdin is not None
-    try:
-        process.stdin.write(text.encode("utf-8", "surrogateescape"))
-        process.stdin.close()
-    except (BrokenPipeError, OSError, ValueError):
-        pass  # the child died or was killed: its result says so
-
-
-def _reap() -> None:
-    with _unreaped_lock:
-        _unreaped[:] = [process for process in _unreaped if process.poll() is None]

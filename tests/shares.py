@@ -102,10 +102,8 @@ def _reap(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> Non
         with contextlib.suppress(ProcessLookupError):
             os.kill(process.pid, signal.SIGCONT)
             process.kill()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):  # stuck in the kernel: left to the next teardown step
         process.wait(timeout)
-    except subprocess.TimeoutExpired:  # stuck in the kernel: leave it to the next teardown step
-        pass
 
 
 def _unmount_fuse(mount_point: Path) -> None:

@@ -440,9 +440,8 @@ def cmdlines(pids: Sequence[int] | None = None) -> dict[int, str]:
         pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
     result = {}
     for pid in pids:
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{pid}/cmdline", "rb") as file:
-                result[pid] = file.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as file:
+            result[pid] = file.read().replace(b"\0", b" ").decode("utf-8", "replace")
     return result
 
 
@@ -451,9 +450,8 @@ def children_of(pid: int) -> list[int]:
     children: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{pid}/task/{task}/children") as file:
-                    children.extend(int(word) for word in file.read().split())
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as file:
+                children.extend(int(word) for word in file.read().split())
     return children
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -318,7 +319,7 @@ def test_polling_loop_takes_one_batch_at_the_deadline(seed: int) -> None:
     for batch, members in batches:
         assert batch == Batch(frozenset({MOVIES}), len(members), members[0], members[-1])
         # Inside a batch no gap reaches the quiet period, and the batch spans < max_wait.
-        assert all(later - earlier < 5.0 for earlier, later in zip(members, members[1:]))
+        assert all(later - earlier < 5.0 for earlier, later in itertools.pairwise(members))
         assert members[-1] - members[0] < 20.0
 
 

@@ -145,7 +145,7 @@ def test_mass_deletion_is_refused_and_held(tmp_path: Path, library: Path, jellyf
         assert items_requests(jellyfin), "the guard did not ask Jellyfin for its items"
 
         # `status` shows the batch held back, and why (exit 1: it needs attention).
-        code, shown = wait_until(lambda: (result := status(config, env))[0] == 1 and "held back" in result[1] and result,
+        _, shown = wait_until(lambda: (result := status(config, env))[0] == 1 and "held back" in result[1] and result,
                                  WAIT, interval=0.2, message="status never showed the batch held back")
         assert "held back: library Movies: 60 of 100 items (60%) would be removed" in shown, shown
 

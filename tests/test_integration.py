@@ -92,7 +92,7 @@ def under(path: str, folder: Path) -> bool:
     return path == str(folder) or path.startswith(f"{folder}/")
 
 
-# --- 1. scope × gate with one library's disk unmounted -------------------------------------------
+# --- 1. scope x gate with one library's disk unmounted -------------------------------------------
 
 
 @pytest.mark.root_only()
@@ -109,7 +109,7 @@ def test_unmounted_disk_under_each_scope_and_gate(tmp_path: Path, jellyfin: Jell
     for mount_point in (a, b):
         mount_point.mkdir()
         (mount_point / "disk-not-mounted.txt").write_text("the disk is not mounted\n")
-    with TmpfsMount(a) as disk_a, TmpfsMount(b) as disk_b:
+    with TmpfsMount(a), TmpfsMount(b) as disk_b:
         movie(a, "Old Movie (1999)")
         movie(b, "Old Show (2001)")
         movies, shows = Library("Movies", [str(a)]), Library("Shows", [str(b)])
@@ -243,7 +243,7 @@ def docker_layout(tmp_path: Path, jellyfin: JellyfinEmulator) -> tuple[Path, Pat
 
 def test_path_scope_sends_the_changed_folders_as_jellyfin_sees_them(tmp_path: Path, jellyfin: JellyfinEmulator,
                                                                    env: dict[str, str]) -> None:
-    movies_here, shows_here, movies, shows = docker_layout(tmp_path, jellyfin)
+    movies_here, shows_here, _, _ = docker_layout(tmp_path, jellyfin)
     (movies_here / "New Movie (2024)").mkdir()  # made by the media manager before the file arrives
     (movies_here / "Old Movie (1999)" / "extras").mkdir()
     config = daemon_config(tmp_path / "config.toml", url=jellyfin.url, state_dir=tmp_path / "state",
@@ -729,7 +729,7 @@ class EmbyStandIn:
 
             do_GET = do_POST = _serve
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler

@@ -193,7 +193,7 @@ def test_path_scope_with_exactly_max_paths_folders_is_one_path_request() -> None
 
 
 def test_path_scope_beyond_max_paths_falls_back_to_each_library() -> None:
-    folders = tuple(f"{MOVIES}/Movie {index:03d}" for index in range(MAX_PATHS)) + (f"{SHOWS}/Show",)
+    folders = (*(f"{MOVIES}/Movie {index:03d}" for index in range(MAX_PATHS)), f"{SHOWS}/Show")
 
     requests = plan(batch(MOVIES, SHOWS, folders=folders), ROOTS, "path", same)
 

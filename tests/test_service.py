@@ -16,6 +16,7 @@ Figures for the lead (each unit's exposure score, the keep-alive rate) are print
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import plistlib
@@ -450,7 +451,7 @@ def test_ready_after_watches_then_keepalives_then_stopping(tmp_path: Path, plain
                               after=start + window)
             beats = [moment for moment in keepalives(listener) if start <= moment <= start + window]
             expected = window / (WATCHDOG_USEC / 2e6)
-            gaps = [later - earlier for earlier, later in zip(beats, beats[1:])]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
             print(f"\n[sd_notify] {len(beats)} keep-alives in {window:g} s (expected {expected:g}); "
                   f"longest gap {max(gaps, default=0) * 1000:.0f} ms")
             assert 0.5 * expected <= len(beats) <= 2.0 * expected, beats
@@ -516,7 +517,7 @@ def test_keepalives_continue_while_jellyfin_hangs(tmp_path: Path) -> None:
                 # The first request (Jellyfin's view of the root) gets no answer: held as unresponsive.
                 failed_at, _ = watcher.wait_for_timed_line(r"refresh failed: |refresh held: Jellyfin did not list", WAIT + 5)
                 beats = [moment for moment in keepalives(listener) if ready_at <= moment <= failed_at]
-                gaps = [later - earlier for earlier, later in zip([ready_at, *beats], [*beats, failed_at])]
+                gaps = [later - earlier for earlier, later in itertools.pairwise([ready_at, *beats, failed_at])]
                 print(f"\n[sd_notify] longest keep-alive gap while Jellyfin hung: {max(gaps):.2f} s "
                       f"(systemd's deadline: {WATCHDOG_USEC / 1e6:g} s)")
                 assert max(gaps) < WATCHDOG_USEC / 1e6
@@ -994,7 +995,7 @@ def test_launchd_plist_runs_the_daemon_with_flags_the_cli_accepts(tmp_path: Path
     # the user's files (/Users/USER/..., which launchd does not expand) under tmp_path.
     key = f"secret-{uuid.uuid4().hex}"
     flags = []
-    for previous, word in zip(program[1:], program[2:]):
+    for previous, word in itertools.pairwise(program[1:]):
         if word.startswith("/Users/USER/"):
             path = tmp_path / word.lstrip("/")
             path.parent.mkdir(parents=True, exist_ok=True)

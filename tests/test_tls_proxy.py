@@ -93,7 +93,7 @@ def movie(folder: Path, title: str) -> Path:
     return path
 
 
-def environment(tmp_path: Path, bundle: Path | None | str = "keep", **extra: str) -> dict[str, str]:
+def environment(tmp_path: Path, bundle: Path | str | None = "keep", **extra: str) -> dict[str, str]:
     """The child's environment: the key, no proxy variables; ``bundle``: what
     ``REQUESTS_CA_BUNDLE`` and ``CURL_CA_BUNDLE`` hold (``"keep"``: the machine's, ``None``: unset)."""
     env = child_env(api_key=API_KEY, home=tmp_path / "home")

@@ -154,7 +154,8 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                 )
             )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+             for row in rows]
     pending = status.get("pending")
     if pending:
         line = f"pending: {pending.get('changes', 0)} changes under {', '.join(pending.get('roots', []))}"

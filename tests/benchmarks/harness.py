@@ -207,10 +207,8 @@ class Daemon:
 
     def stop(self) -> None:
         if self.process.alive():
-            try:
+            with contextlib.suppress(AssertionError):
                 self.process.terminate(30)
-            except AssertionError:
-                pass
         self.process.close()
 
     def __enter__(self) -> Daemon:
@@ -469,7 +467,7 @@ def render(rows: Sequence[Row], title: str) -> str:
     lines = [title]
     for index, row in enumerate(table):
         cells = []
-        for name, width in zip(names, widths):
+        for name, width in zip(names, widths, strict=True):
             value = getattr(row, name)
             cells.append(value.rjust(width) if index and name in ("watcher", "reference") else value.ljust(width))
         lines.append(" | ".join([*cells, row.result]))

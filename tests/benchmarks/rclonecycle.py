@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
                 baseline = time.monotonic() - started
                 assert first.first and not first.failed, first
                 walls, cpus, rclone, detected = [], [], [], True
-                for index in range(cycles):
+                for _ in range(cycles):
                     leaf = Path(leaves[(made * 7919) % len(leaves)])
                     (leaf / f"server-side-{made}.mkv").write_bytes(b"")  # on the server's disk
                     made += 1

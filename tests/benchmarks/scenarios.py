@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -101,7 +102,7 @@ class Context:
         return (f" NOISE: the mount table changed {changes} times meanwhile (other programs mounting): the daemon "
                 "probed its roots for each, a quiet machine would not.")
 
-    def jellyfin(self):  # noqa: ANN201 (the emulator is imported lazily: openapi-core is a test dependency)
+    def jellyfin(self):
         if self._emulator is None:
             from tests.jellyfin.emulator import JellyfinEmulator
 
@@ -217,7 +218,7 @@ def idle(ctx: Context) -> list[Row]:
         duration = time.monotonic() - started
         cpu_total = daemon.cpu() - cpu_before
         remarks = _remarks(daemon.process.lines)
-    steps = [later.since(earlier) for earlier, later in zip(readings, readings[1:])]
+    steps = [later.since(earlier) for earlier, later in itertools.pairwise(readings)]
     thread_cpu = sum(step[0] for step in steps)
     changes = ctx.mounts.times if ctx.mounts is not None else []
     wakeups, running, background, explained = 0, False, 0, 0

@@ -24,6 +24,7 @@ set: the administrator exempted Jellyfin's API paths, or the watcher now has a w
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import select
@@ -81,10 +82,8 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             connections = list(self._connections)
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("connection from %s failed: %r", client_address, sys.exc_info()[1])

@@ -533,7 +533,7 @@ def test_stop_joins_every_thread(libraries: list[Library]) -> None:
         jellyfin.stop()
     assert set(threading.enumerate()) - before == set()
     with pytest.raises(RuntimeError):
-        jellyfin.url
+        _ = jellyfin.url
 
 
 # ------------------------------------------------------------------------------------------------

@@ -327,7 +327,7 @@ class Core:
     def _on_event(self, now: float, event: FileEvent, actions: list[Action]) -> None:
         root = event.root
         tracker = self.roots.get(root)
-        if tracker is None or tracker.watch != "events" and tracker.watch != "poll":
+        if tracker is None or (tracker.watch != "events" and tracker.watch != "poll"):
             return
         paths = [event.path, event.dest] if event.dest else [event.path]
         if event.is_directory and event.path == root and event.kind in ("deleted", "moved"):
@@ -588,7 +588,7 @@ class Core:
                     "refreshing without waiting for it any longer"
                 )
             )
-        if not self.ready and (self._first_watches_verified() and self.ready_at < float("inf") or now >= self.ready_at):
+        if not self.ready and ((self._first_watches_verified() and self.ready_at < float("inf")) or now >= self.ready_at):
             self._become_ready(actions)
         if now >= self.libraries_at and "ReadRoots" not in self.jobs.running:
             self.libraries_at = now + self.config.jellyfin.library_interval

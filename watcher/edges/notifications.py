@@ -82,7 +82,7 @@ class _Service:
                         body_format=apprise.NotifyFormat.TEXT,
                     )
                 )
-            except Exception as error:  # noqa: BLE001 (a plugin's bug must not end the worker)
+            except Exception as error:
                 outcome["error"] = error.__class__.__name__
 
         thread = threading.Thread(target=deliver, name="notification-delivery", daemon=True)

@@ -151,7 +151,7 @@ def compare_views(
     finally:
         lister.join()  # run_child returns within its deadline
     return tuple(compare(target, server, local, changed, ignored, in_flight)
-                 for target, server, local in zip(targets, servers, here))
+                 for target, server, local in zip(targets, servers, here, strict=True))
 
 
 def check_roots(

@@ -81,7 +81,7 @@ _KINDS = {"created": "created", "deleted": "deleted", "moved": "moved", "closed"
 class _Handler(FileSystemEventHandler):
     """Turns each watchdog event under ``root`` into a :class:`FileEvent` on the queue."""
 
-    __slots__ = ("_root", "_put")
+    __slots__ = ("_put", "_root")
 
     def __init__(self, root: str, put: Callable[[object], None]) -> None:
         self._root = root

@@ -109,3 +109,52 @@ def test_html_pages_instead_of_answers_are_one_error_then_the_kept_batch_goes(tm
         assert jellyfin.wait_for_scans_idle(WAIT)
         assert_nothing_lost(jellyfin)
         assert str(root / "New (2024)" / "New (2024).mkv") in jellyfin.items
+
+
+def _tgkill(pid: int, tid: int, number: int) -> None:
+    """Send signal ``number`` to thread ``tid`` of process ``pid`` (tgkill(2))."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, number) != 0:  # SYS_tgkill on x86_64
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+def test_sigterm_delivered_to_another_thread_than_the_main_one_stops_at_once(tmp_path: Path) -> None:
+    """The kernel hands a signal to any thread that does not block it (signal(7)); Python
+    runs the handler on the main thread only when that thread wakes, which for a daemon at
+    rest is the next health check, a minute away. SIGTERM sent (tgkill) to the first and to
+    the last of its other threads, once it is at rest, must stop it within 2 s each time."""
+    import os
+    import platform
+    import signal
+    import time
+
+    from watcher.edges.workers import IDLE
+
+    if platform.machine() != "x86_64":
+        import pytest
+
+        pytest.skip("uses the x86_64 number of the tgkill system call")
+    root = tmp_path / "movies"
+    movie(root, "Seed (2000)")
+    env = child_env(home=tmp_path / "home")
+    for attempt in range(2):
+        with WatcherProcess(["--dry-run", "--state-dir", tmp_path / f"state{attempt}", root], env) as watcher:
+            watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
+
+            def others() -> list[int]:
+                return sorted(int(tid) for tid in os.listdir(f"/proc/{watcher.pid}/task") if int(tid) != watcher.pid)
+
+            busy = len(others())
+            # At rest: the worker threads of the first round have ended (they end after IDLE s idle).
+            wait_until(lambda busy=busy: len(others()) < busy, IDLE + WAIT, message="the daemon's worker threads never ended")
+            threads = others()
+            assert threads, "the daemon has threads beside the main one"
+            target = threads[0] if attempt == 0 else threads[-1]
+            sent = time.monotonic()
+            _tgkill(watcher.pid, target, signal.SIGTERM)
+            watcher.wait_for_line(r"stopped; ", 2.0)
+            wait_until(lambda: not watcher.alive(), 2.0, message="the daemon did not exit after SIGTERM")
+            assert watcher.returncode == 0
+            assert time.monotonic() - sent < 2.0 + 0.5

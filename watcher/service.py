@@ -33,6 +33,7 @@ from watcher.edges import statusfile as status_file
 from watcher.edges.jellyfin import JellyfinClient
 from watcher.edges.notifications import Sender
 from watcher.edges.sdnotify import Notifier
+from watcher.edges.signals import SignalWaker
 from watcher.edges.state import StateStore
 from watcher.edges.watch import MountMonitor
 from watcher.edges.workers import Executor, Reloader
@@ -116,6 +117,9 @@ class Service:
         executor = Executor(self.config, self._client, self._store, self._queue.put, self._stop, self._reload)
         monitor = MountMonitor(self._queue)
         monitor.start()
+        waker = SignalWaker(self._queue.put, Tick()) if threading.current_thread() is threading.main_thread() else None
+        if waker is not None:
+            waker.start()
         self._sender.start()
         if self._notifier.watchdog_interval:
             self._next_keepalive = self._clock()
@@ -127,6 +131,8 @@ class Service:
         finally:
             self._notifier.notify(STOPPING="1")
             monitor.stop()
+            if waker is not None:
+                waker.stop()
             self._sender.stop()
             stopped = executor.close()
             self._finish_sending(core, executor)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from pools import Automounter
-from support import LoopDisk, WatcherProcess, run_cli, wait_until
+from support import LoopDisk, WatcherProcess, movie, run_cli, wait_until, write_config
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 
@@ -40,16 +40,8 @@ WAIT = 10.0
 TIMEOUT = 1
 """The automounts' idle timeout, seconds."""
 MOVIES = 10
-MKV = b"\x1a\x45\xdf\xa3"
 
 AUTOFS = pytest.mark.root_only("automount", "mkfs.ext4")
-
-
-def movie(folder: Path, title: str) -> Path:
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(MKV)
-    return path
 
 
 def share_image(tmp_path: Path, name: str) -> Path:
@@ -61,16 +53,13 @@ def share_image(tmp_path: Path, name: str) -> Path:
     return image
 
 
-def write_config(tmp_path: Path, url: str, roots: list[Path]) -> Path:
-    lines = [f"state_dir = {json.dumps(str(tmp_path / 'state'))}", "",
-             "[jellyfin]", f"url = {json.dumps(url)}", "",
-             "[watch]", "quiet_period = 0.5", "max_wait = 90", "probe_timeout = 2",
-             "settle = 0.5", "health_interval = 0.5"]
-    for root in roots:
-        lines += ["", "[[roots]]", f"path = {json.dumps(str(root))}"]
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
+def automount_config(tmp_path: Path, url: str, roots: list[Path]) -> Path:
+    return write_config(tmp_path / "config.toml", {
+        "state_dir": tmp_path / "state",
+        "jellyfin": {"url": url},
+        "watch": {"quiet_period": 0.5, "max_wait": 90, "probe_timeout": 2, "settle": 0.5, "health_interval": 0.5},
+        "roots": [{"path": root} for root in roots],
+    })
 
 
 def mount_id(point: Path) -> int | None:
@@ -146,7 +135,7 @@ def test_share_that_cannot_mount_is_unhealthy(tmp_path: Path, automounter: Autom
     assert checked.returncode == 1, checked
     assert checked.stdout.startswith(f"{root}: unmounted ({reason}"), checked.stdout
 
-    config = write_config(tmp_path, jellyfin.url, [root, other])
+    config = automount_config(tmp_path, jellyfin.url, [root, other])
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(re.escape(f"{root} is unmounted ({reason}"), WAIT)
         watcher.wait_for_line(r"watching 1 of 2 roots", WAIT)
@@ -168,7 +157,7 @@ def test_watched_share_stays_mounted_and_comes_back_after_an_expiry(tmp_path: Pa
     root = point / "movies"
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == MOVIES  # looks the share up: it is mounted now, and expires when idle
-    config = write_config(tmp_path, jellyfin.url, [root])
+    config = automount_config(tmp_path, jellyfin.url, [root])
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         mounted_as = mount_id(point)

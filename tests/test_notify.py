@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
-from support import LoopDisk, WatcherProcess, closed_port, run_cli, wait_until
+from support import LoopDisk, WatcherProcess, closed_port, movie, run_cli, toml_string, wait_until, write_config
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher import config as watcher_config
@@ -62,7 +62,6 @@ TOKEN = "tok-" + os.urandom(8).hex()
 PASSWORD = "pw-" + os.urandom(8).hex()
 """The password in the receiver's URL (sent as HTTP basic auth)."""
 HOST = socket.gethostname()
-MKV = b"\x1a\x45\xdf\xa3"
 DELIVERY_TIMEOUT = 5.0
 """``notify.timeout`` where a receiver hangs: the daemon waits that long for its answer."""
 MODES = ["none", "500", "hang"]
@@ -187,36 +186,21 @@ class _ReceiverHandler(BaseHTTPRequestHandler):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml_string(value: object) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(tmp_path: Path, jellyfin_url: str, roots: Sequence[Path | tuple[Path, Path]], *,
-                 urls: Sequence[str] = (), after: float = 0.0, rate_limit: float = 600.0, timeout: float = 3.0,
-                 quiet: float = QUIET) -> Path:
+def notify_config(tmp_path: Path, jellyfin_url: str, roots: Sequence[Path | tuple[Path, Path]], *,
+                  urls: Sequence[str] = (), after: float = 0.0, rate_limit: float = 600.0, timeout: float = 3.0,
+                  quiet: float = QUIET) -> Path:
     """``tmp_path/config.toml``: short timings, ``roots`` (a ``(path, mount)`` pair sets the
     root's mount), and a ``[notify]`` section when ``urls`` are given."""
-    lines = [f"state_dir = {toml_string(tmp_path / 'state')}", "", "[jellyfin]", f"url = {toml_string(jellyfin_url)}",
-             "timeout = 2", "", "[watch]", f"quiet_period = {quiet:g}", "max_wait = 30", f"settle = {SETTLE:g}",
-             "health_interval = 1", "probe_timeout = 1", "backoff_max = 2", "poll_interval = 1"]
+    document: dict[str, Any] = {
+        "state_dir": tmp_path / "state",
+        "jellyfin": {"url": jellyfin_url, "timeout": 2},
+        "watch": {"quiet_period": quiet, "max_wait": 30, "settle": SETTLE, "health_interval": 1,
+                  "probe_timeout": 1, "backoff_max": 2, "poll_interval": 1},
+        "roots": [{"path": root[0], "mount": root[1]} if isinstance(root, tuple) else {"path": root} for root in roots],
+    }
     if urls:
-        lines += ["", "[notify]", f"urls = {json.dumps(list(urls))}", f"after = {after:g}",
-                  f"rate_limit = {rate_limit:g}", f"timeout = {timeout:g}"]
-    for root in roots:
-        path, mount = root if isinstance(root, tuple) else (root, None)
-        lines += ["", "[[roots]]", f"path = {toml_string(path)}"]
-        if mount is not None:
-            lines.append(f"mount = {toml_string(mount)}")
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
-
-
-def movie(folder: Path, title: str) -> Path:
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(MKV)
-    return path
+        document["notify"] = {"urls": list(urls), "after": after, "rate_limit": rate_limit, "timeout": timeout}
+    return write_config(tmp_path / "config.toml", document)
 
 
 def assert_no_secrets(*texts: str, api_key: str) -> None:
@@ -279,7 +263,7 @@ def test_unplugged_disk_is_told_once_and_its_resolution_once(tmp_path: Path, jel
         movie(usb, "On The Disk (2001)")
         jellyfin.libraries = [Library("Movies", [str(usb)]), Library("Shows", [str(other)])]
         assert jellyfin.index() == 2
-        config = write_config(tmp_path, jellyfin.url, [(usb, disk.mount_point), other], urls=[receiver.url()],
+        config = notify_config(tmp_path, jellyfin.url, [(usb, disk.mount_point), other], urls=[receiver.url()],
                               after=1.0)
         with WatcherProcess(["--config", config], notify_env) as watcher:
             watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
@@ -341,7 +325,7 @@ def test_a_change_within_the_rate_limit_waits_for_it(tmp_path: Path, jellyfin: J
             movie(disk.mount_point, f"On {disk.mount_point.name} (2001)")
         jellyfin.libraries = [Library("Movies", [str(first.mount_point), str(second.mount_point), str(other)])]
         assert jellyfin.index() == 3
-        config = write_config(tmp_path, jellyfin.url, [first.mount_point, second.mount_point, other],
+        config = notify_config(tmp_path, jellyfin.url, [first.mount_point, second.mount_point, other],
                               urls=[receiver.url()], after=0.0, rate_limit=rate_limit)
         watcher = stack.enter_context(WatcherProcess(["--config", config], notify_env))
         watcher.wait_for_line(r"watching 3 of 3 roots", WAIT)
@@ -386,7 +370,7 @@ def test_a_refusal_is_told_at_once_with_what_would_be_lost_and_the_command(tmp_p
     assert jellyfin.index() == 100
     with Receiver() as receiver:
         # notify.after is long: a refusal waits for a person, so it is told at once all the same.
-        config = write_config(tmp_path, jellyfin.url, [library], urls=[receiver.url()], after=900.0)
+        config = notify_config(tmp_path, jellyfin.url, [library], urls=[receiver.url()], after=900.0)
         with WatcherProcess(["--config", config], notify_env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             # The check that every folder is watched lists the tree once, after the start:
@@ -436,7 +420,7 @@ def test_a_rejected_key_is_told_at_once_and_when_it_works_again(tmp_path: Path, 
     assert jellyfin.index() == 1
     key = jellyfin.api_key
     with Receiver() as receiver:
-        config = write_config(tmp_path, jellyfin.url, [root], urls=[receiver.url()], after=900.0)
+        config = notify_config(tmp_path, jellyfin.url, [root], urls=[receiver.url()], after=900.0)
         with WatcherProcess(["--config", config], notify_env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             jellyfin.api_key = "the-key-was-deleted-" + os.urandom(4).hex()  # someone deleted the key
@@ -475,7 +459,7 @@ def test_jellyfin_unreachable_is_told_only_after_the_delay(tmp_path: Path, jelly
     assert jellyfin.index() == 1
     after = 2.0
     with Receiver() as receiver:
-        config = write_config(tmp_path, jellyfin.url, [root], urls=[receiver.url()], after=after)
+        config = notify_config(tmp_path, jellyfin.url, [root], urls=[receiver.url()], after=after)
         with WatcherProcess(["--config", config], notify_env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             jellyfin.set_down(True)
@@ -514,7 +498,7 @@ def test_a_root_that_cannot_be_fully_watched_is_told_once(tmp_path: Path, jellyf
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 2
     with Receiver() as receiver:
-        config = write_config(tmp_path, jellyfin.url, [root], urls=[receiver.url()], after=900.0)
+        config = notify_config(tmp_path, jellyfin.url, [root], urls=[receiver.url()], after=900.0)
         # Root without its permission bypass (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): the
         # folder owned by nobody, mode 0700, is closed to the watcher as to any user.
         watcher = WatcherProcess(["--config", config], notify_env)
@@ -559,7 +543,7 @@ def test_a_failing_or_hanging_receiver_delays_no_refresh(tmp_path: Path, jellyfi
             with contextlib.ExitStack() as stack:
                 receiver = None if mode == "none" else stack.enter_context(Receiver(mode))
                 urls = [receiver.url()] if receiver else []
-                config = write_config(tmp_path, jellyfin.url, [disk.mount_point, other], urls=urls, after=0.0,
+                config = notify_config(tmp_path, jellyfin.url, [disk.mount_point, other], urls=urls, after=0.0,
                                       timeout=DELIVERY_TIMEOUT)
                 watcher = stack.enter_context(WatcherProcess(["--config", config], notify_env))
                 watcher.wait_for_line(r"watching 2 of 2 roots", WAIT)
@@ -608,7 +592,7 @@ def test_notify_test_reports_each_url_masked(tmp_path: Path, notify_env: dict[st
     refused_port = closed_port()
     with Receiver() as good, Receiver("hang") as hanging:
         dead = f"json://127.0.0.1:{refused_port}/hook/{TOKEN}"
-        config = write_config(tmp_path, "http://127.0.0.1:8096", [tmp_path], timeout=1.0,
+        config = notify_config(tmp_path, "http://127.0.0.1:8096", [tmp_path], timeout=1.0,
                               urls=[good.url(), dead, hanging.url(), f"unknownscheme://{TOKEN}"])
         started = time.monotonic()
         result = run_cli("notify", "--test", "--config", config, env=notify_env)
@@ -628,7 +612,7 @@ def test_notify_test_reports_each_url_masked(tmp_path: Path, notify_env: dict[st
         assert message.path == f"/hook/{TOKEN}"
         assert_no_secrets(result.stdout, result.stderr, api_key="no-key")
 
-        config = write_config(tmp_path, "http://127.0.0.1:8096", [tmp_path], urls=[good.url()])
+        config = notify_config(tmp_path, "http://127.0.0.1:8096", [tmp_path], urls=[good.url()])
         result = run_cli("notify", "--test", "--config", config, env=notify_env)
         assert result.returncode == 0, result
         assert result.stdout == f"notification URL 1 (json://****@127.0.0.1:{good.port}/****): delivered\n"
@@ -636,7 +620,7 @@ def test_notify_test_reports_each_url_masked(tmp_path: Path, notify_env: dict[st
 
 
 def test_notify_test_without_urls_is_a_configuration_error(tmp_path: Path, notify_env: dict[str, str]) -> None:
-    config = write_config(tmp_path, "http://127.0.0.1:8096", [tmp_path])
+    config = notify_config(tmp_path, "http://127.0.0.1:8096", [tmp_path])
     result = run_cli("notify", "--test", "--config", config, env=notify_env)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == ("jellyfin-watcher: error: no notification URLs to test: set notify.urls or notify.urls_file "
@@ -697,7 +681,7 @@ def test_bad_notify_settings_are_named_without_showing_the_url(tmp_path: Path, t
 
 
 def test_config_print_masks_urls_and_status_never_shows_them(tmp_path: Path, notify_env: dict[str, str]) -> None:
-    config = write_config(tmp_path, "http://127.0.0.1:8096", [tmp_path], after=30,
+    config = notify_config(tmp_path, "http://127.0.0.1:8096", [tmp_path], after=30,
                           urls=[f"ntfys://me:{PASSWORD}@ntfy.example.com/{TOKEN}", f"tgram://123456:{TOKEN}/987"])
     printed = run_cli("config", "--print", "--config", config, env=notify_env)
     assert printed.returncode == 0, printed

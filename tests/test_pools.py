@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from pools import MergerFSPool, OverlayMount
-from support import REPO, BindFS, LoopDisk, WatcherProcess, run_cli, wait_until
+from support import REPO, BindFS, LoopDisk, WatcherProcess, movie, run_cli, wait_until, write_config
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher.core.union import (
@@ -53,7 +53,6 @@ STOP_WITHIN = 2.0
 """Seconds the watcher may take to exit on SIGTERM."""
 PER_BRANCH = 30
 """Movies on each branch of the pool."""
-MKV = b"\x1a\x45\xdf\xa3"
 
 MERGERFS = pytest.mark.root_only("mergerfs", "fusermount", "mkfs.ext4")
 
@@ -61,28 +60,15 @@ MERGERFS = pytest.mark.root_only("mergerfs", "fusermount", "mkfs.ext4")
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml_string(value: object) -> str:
-    return json.dumps(str(value))
-
-
-def write_config(tmp_path: Path, url: str, roots: list[Path], *, scope: str = "server", fallback: str = "poll") -> Path:
-    lines = [f"state_dir = {toml_string(tmp_path / 'state')}", "",
-             "[jellyfin]", f"url = {toml_string(url)}", "",
-             "[refresh]", f"scope = {toml_string(scope)}", "",
-             "[watch]", "quiet_period = 0.5", "max_wait = 90", f"probe_timeout = {PROBE_TIMEOUT:g}",
-             "settle = 0.5", "health_interval = 0.5", "poll_interval = 0.5"]
-    for root in roots:
-        lines += ["", "[[roots]]", f"path = {toml_string(root)}", f"fallback = {toml_string(fallback)}"]
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
-
-
-def movie(folder: Path, title: str) -> Path:
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(MKV)
-    return path
+def pool_config(tmp_path: Path, url: str, roots: list[Path], *, scope: str = "server", fallback: str = "poll") -> Path:
+    return write_config(tmp_path / "config.toml", {
+        "state_dir": tmp_path / "state",
+        "jellyfin": {"url": url},
+        "refresh": {"scope": scope},
+        "watch": {"quiet_period": 0.5, "max_wait": 90, "probe_timeout": PROBE_TIMEOUT, "settle": 0.5,
+                  "health_interval": 0.5, "poll_interval": 0.5},
+        "roots": [{"path": root, "fallback": fallback} for root in roots],
+    })
 
 
 def movies(folder: Path, count: int, start: int = 0) -> list[Path]:
@@ -209,7 +195,7 @@ def test_events_on_a_branch_are_translated_to_the_pool() -> None:
 def test_branch_unplugged_with_a_change_is_held_until_it_is_back(tmp_path: Path, pool: Pool,
                                                                  jellyfin: JellyfinEmulator, env: dict[str, str]) -> None:
     library_on(pool, jellyfin)
-    config = write_config(tmp_path, jellyfin.url, [pool.root])
+    config = pool_config(tmp_path, jellyfin.url, [pool.root])
     disk2 = pool.disks[1]
     with start(config, env, pool) as watcher:
         with frozen(watcher):
@@ -259,7 +245,7 @@ def test_branch_unplugged_without_a_change_loses_nothing(tmp_path: Path, pool: P
     movie(shows, "Show 1")
     jellyfin.libraries = [Library("Movies", [str(pool.root)]), Library("Shows", [str(shows)], collection_type="tvshows")]
     assert jellyfin.index() == 2 * PER_BRANCH + 1
-    config = write_config(tmp_path, jellyfin.url, [pool.root, shows])
+    config = pool_config(tmp_path, jellyfin.url, [pool.root, shows])
     disk2 = pool.disks[1]
     reason = f"branch {disk2.mount_point} of the mergerfs pool {pool.mount_point} is not mounted"
     with start(config, env, pool) as watcher:
@@ -299,7 +285,7 @@ def test_branch_away_when_first_seen_the_guard_refuses(tmp_path: Path, pool: Poo
     library_on(pool, jellyfin)
     disk2 = pool.disks[1]
     disk2.unmount()
-    config = write_config(tmp_path, jellyfin.url, [pool.root])
+    config = pool_config(tmp_path, jellyfin.url, [pool.root])
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         new = movie(pool.root, "New (2024)")  # a batch that only adds a file
@@ -333,7 +319,7 @@ def test_file_written_to_a_branch_directly_is_refreshed(tmp_path: Path, pool: Po
     # otherwise switch the root to polling, which would see the file too. Here only the
     # watch on the branch can.
     library_on(pool, jellyfin)
-    config = write_config(tmp_path, jellyfin.url, [pool.root], scope=scope, fallback="none")
+    config = pool_config(tmp_path, jellyfin.url, [pool.root], scope=scope, fallback="none")
     with start(config, env, pool) as watcher:
         direct = movie(pool.branch(0) / "movies", "Direct (2024)")  # a download client on the disk
         sent = watcher.wait_for_line(r"refresh sent: ", WAIT)
@@ -363,7 +349,7 @@ def test_hung_branch_is_named(tmp_path: Path, jellyfin: JellyfinEmulator, env: d
         root = pool.mount_point / "movies"
         jellyfin.libraries = [Library("Movies", [str(root)])]
         assert jellyfin.index() == 2 * PER_BRANCH
-        config = write_config(tmp_path, jellyfin.url, [root])
+        config = pool_config(tmp_path, jellyfin.url, [root])
         with WatcherProcess(["--config", config], env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             wait_until(lambda: len(learned_branches(tmp_path / "state", root)) == 2, WAIT)
@@ -425,7 +411,7 @@ def test_unreadable_folder_counts_as_removed_and_is_named(tmp_path: Path, jellyf
     os.chown(private, 65534, 65534)
     private.chmod(0o700)
     jellyfin.unreadable_folders = {str(private)}
-    config = write_config(tmp_path, jellyfin.url, [root])
+    config = pool_config(tmp_path, jellyfin.url, [root])
     watcher = WatcherProcess(["--config", config], env)
     watcher.argv = without_permission_bypass(watcher.argv)
     with watcher:

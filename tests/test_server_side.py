@@ -14,7 +14,6 @@ Every wait is on a condition with a deadline.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 import requests
-from support import BindFS, TmpfsMount, WatcherProcess, run_cli, wait_until
+from support import BindFS, TmpfsMount, WatcherProcess, movie, run_cli, wait_until, write_config
 
 from tests.jellyfin.emulator import (
     CLEANUP_TASK_KEY,
@@ -63,36 +62,18 @@ DAY = 86400.0
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml(value: object) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return f"{value:g}"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(tmp_path: Path, jellyfin: JellyfinEmulator, *, path_map: dict[str, Path] | None = None,
-                 sections: dict[str, dict[str, object]] | None = None) -> Path:
+def server_config(tmp_path: Path, jellyfin: JellyfinEmulator, *, path_map: dict[str, Path] | None = None,
+                  sections: dict[str, dict[str, object]] | None = None) -> Path:
     """``tmp_path/config.toml``: the emulator's URL, a state directory of its own, short timings,
     roots from Jellyfin's libraries, ``path_map`` (Jellyfin's path → here) and extra ``sections``."""
-    lines = [f"state_dir = {toml(tmp_path / 'state')}", "", "[jellyfin]", f"url = {toml(jellyfin.url)}", "",
-             "[watch]", f"quiet_period = {QUIET_PERIOD:g}", "max_wait = 60", "probe_timeout = 2", "settle = 0.5",
-             "health_interval = 0.5"]
-    for name, values in (sections or {}).items():
-        lines += ["", f"[{name}]", *(f"{key} = {toml(value)}" for key, value in values.items())]
-    for jellyfin_path, local in (path_map or {}).items():
-        lines += ["", "[[path_map]]", f"jellyfin = {toml(jellyfin_path)}", f"local = {toml(local)}"]
-    config = tmp_path / "config.toml"
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
-
-
-def media_file(folder: Path, title: str) -> Path:
-    """``folder/title/title.mkv``, as a media manager lays a film out."""
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x1a\x45\xdf\xa3")
-    return path
+    return write_config(tmp_path / "config.toml", {
+        "state_dir": tmp_path / "state",
+        "jellyfin": {"url": jellyfin.url},
+        "watch": {"quiet_period": QUIET_PERIOD, "max_wait": 60, "probe_timeout": 2, "settle": 0.5,
+                  "health_interval": 0.5},
+        **(sections or {}),
+        "path_map": [{"jellyfin": jellyfin_path, "local": local} for jellyfin_path, local in (path_map or {}).items()],
+    })
 
 
 def aged(*folders: Path) -> None:
@@ -158,13 +139,13 @@ def container_without_the_disk(tmp_path: Path, jellyfin: JellyfinEmulator,
     Jellyfin's library is ``/data``; its items were indexed in an earlier boot, when the container
     saw the disk. Returns (the host's media folder, the disk, the container's view)."""
     host, container = tmp_path / "host" / "media", tmp_path / "container" / "data"
-    media_file(host / "other", "Old Show (2001)")
+    movie(host / "other", "Old Show (2001)")
     (host / "disk").mkdir()
     container.mkdir(parents=True)
     stack.enter_context(bind(host, container, private=True))  # docker run -v /media:/data (no rslave)
     disk = stack.enter_context(TmpfsMount(host / "disk")).mount_point  # the host mounts the disk later
     for number in range(3):
-        media_file(disk, f"Film {number}")
+        movie(disk, f"Film {number}")
     aged(host)
     jellyfin.libraries = [Library("Media", ["/data"])]
     jellyfin.server_paths["/data"] = str(host)  # the earlier boot: the container saw the disk
@@ -179,11 +160,11 @@ def test_a_container_without_rslave_sees_the_disk_empty(tmp_path: Path, jellyfin
                                                        env: dict[str, str]) -> None:
     with contextlib.ExitStack() as stack:
         host, disk, container = container_without_the_disk(tmp_path, jellyfin, stack)
-        config = write_config(tmp_path, jellyfin, path_map={"/data": host})
+        config = server_config(tmp_path, jellyfin, path_map={"/data": host})
         with WatcherProcess(["--config", config], env) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             start = len(jellyfin.requests)
-            media_file(host / "other", "New Show (2024)")
+            movie(host / "other", "New Show (2024)")
 
             held = watcher.wait_for_line(r"WARNING refresh held: ", WAIT)
             assert (f"Jellyfin sees /data/disk empty while this machine sees {disk} with 3 entries: {disk} is a "
@@ -221,7 +202,7 @@ def test_control_without_the_check_the_container_loses_the_disk(tmp_path: Path, 
                                                                 env: dict[str, str]) -> None:
     with contextlib.ExitStack() as stack:
         host, _, _ = container_without_the_disk(tmp_path, jellyfin, stack)
-        config = write_config(tmp_path, jellyfin, path_map={"/data": host}, sections={"server_view": {"enabled": False}})
+        config = server_config(tmp_path, jellyfin, path_map={"/data": host}, sections={"server_view": {"enabled": False}})
         check = run_cli("check", "--config", config, env=env)
         assert check.returncode == 0 and f"{host}: healthy" in check.stdout, check  # every local check passes
         refresh = run_cli("refresh", "--config", config, env=env)
@@ -247,7 +228,7 @@ def share_missing_on_jellyfins_host(tmp_path: Path, jellyfin: JellyfinEmulator, 
     Returns (the share here, the bare mount point on Jellyfin's host)."""
     nas, bare = tmp_path / "nas", tmp_path / "jellyfin-host" / "nas"
     for number in range(3):
-        media_file(nas / "movies", f"Film {number}")
+        movie(nas / "movies", f"Film {number}")
     bare.mkdir(parents=True)
     if location == "/mnt/nas":
         (bare / "NAS-NOT-MOUNTED").write_text("the share is not mounted\n")
@@ -265,7 +246,7 @@ def test_the_share_missing_on_jellyfins_host_only(tmp_path: Path, jellyfin: Jell
                                                   version: str, location: str) -> None:
     nas, _ = share_missing_on_jellyfins_host(tmp_path, jellyfin, version, location)
     here = nas / "movies" if location.endswith("/movies") else nas
-    config = write_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas})
+    config = server_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas})
 
     check = run_cli("check", "--config", config, env=env)
     assert check.returncode == 1, check
@@ -302,7 +283,7 @@ def test_the_share_missing_on_jellyfins_host_only(tmp_path: Path, jellyfin: Jell
 def test_control_without_the_check_the_missing_share_loses_its_items(
         tmp_path: Path, jellyfin: JellyfinEmulator, env: dict[str, str], version: str, location: str) -> None:
     nas, _ = share_missing_on_jellyfins_host(tmp_path, jellyfin, version, location)
-    config = write_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas}, sections={"server_view": {"enabled": False}})
+    config = server_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas}, sections={"server_view": {"enabled": False}})
     refresh = run_cli("refresh", "--config", config, env=env)
     assert refresh.returncode == 0, refresh
     assert lost(jellyfin) == 3
@@ -314,11 +295,11 @@ def test_jellyfin_stuck_on_a_hung_mount_holds_as_unresponsive(tmp_path: Path, je
     # Jellyfin's host reads the share through a FUSE mount that hangs; this machine's copy answers.
     nas = tmp_path / "nas"
     for number in range(3):
-        media_file(nas / "movies", f"Film {number}")
+        movie(nas / "movies", f"Film {number}")
     jellyfin.libraries = [Library("Movies", ["/mnt/nas/movies"])]
     jellyfin.server_paths["/mnt/nas"] = str(nas)
     assert jellyfin.index() == 3
-    config = write_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas},
+    config = server_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas},
                           sections={"server_view": {"timeout": VIEW_TIMEOUT}})
     with BindFS(nas, tmp_path / "jellyfin-host" / "nas") as hung:
         jellyfin.server_paths["/mnt/nas"] = str(hung.mount_point)
@@ -340,7 +321,7 @@ def test_jellyfin_stuck_on_a_hung_mount_holds_as_unresponsive(tmp_path: Path, je
 
 
 def films(folder: Path, count: int) -> list[Path]:
-    return [media_file(folder, f"Film {number:03d}") for number in range(count)]
+    return [movie(folder, f"Film {number:03d}") for number in range(count)]
 
 
 def delete(paths: list[Path]) -> None:
@@ -355,7 +336,7 @@ def test_a_confirmed_removal_is_backed_up_before_the_refresh(tmp_path: Path, jel
     files = films(library, 100)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 100
-    config = write_config(tmp_path, jellyfin)
+    config = server_config(tmp_path, jellyfin)
     delete(files[:60])  # a deliberate clean-up
 
     refused = run_cli("refresh", "--config", config, env=env)
@@ -396,7 +377,7 @@ def test_a_removal_below_the_guard_is_backed_up_and_shown_in_status(tmp_path: Pa
     files = films(library, 100)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 100
-    config = write_config(tmp_path, jellyfin, sections={"backup": {"min_removals": 10, "metadata": True}})
+    config = server_config(tmp_path, jellyfin, sections={"backup": {"min_removals": 10, "metadata": True}})
     with WatcherProcess(["--config", config], env) as watcher:
         watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
         start = len(jellyfin.requests)
@@ -427,7 +408,7 @@ def test_a_failed_backup_holds_the_refresh(tmp_path: Path, jellyfin: JellyfinEmu
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 30
     jellyfin.backup_free_bytes = 2**30  # 1 GiB free: Jellyfin wants 5
-    config = write_config(tmp_path, jellyfin)
+    config = server_config(tmp_path, jellyfin)
     delete(files[:5])
 
     held = run_cli("refresh", "--allow-removals", "5", "--config", config, env=env)
@@ -437,7 +418,7 @@ def test_a_failed_backup_holds_the_refresh(tmp_path: Path, jellyfin: JellyfinEmu
         "(backup.hold_on_failure = false refreshes without one)")
     assert jellyfin.refreshes == [] and lost(jellyfin) == 0
 
-    config = write_config(tmp_path, jellyfin, sections={"backup": {"hold_on_failure": False}})
+    config = server_config(tmp_path, jellyfin, sections={"backup": {"hold_on_failure": False}})
     went = run_cli("refresh", "--allow-removals", "5", "--config", config, env=env)
     assert went.returncode == 0, went
     assert "backup before removing 5 items failed: Jellyfin answered HTTP 500 to POST /Backup/Create; refreshing " \
@@ -452,7 +433,7 @@ def test_an_older_server_refreshes_without_a_backup(tmp_path: Path, jellyfin: Je
     files = films(library, 30)
     jellyfin.libraries = [Library("Movies", [str(library)])]
     assert jellyfin.index() == 30
-    config = write_config(tmp_path, jellyfin)
+    config = server_config(tmp_path, jellyfin)
     delete(files[:5])
     start = len(jellyfin.requests)
     went = run_cli("refresh", "--allow-removals", "5", "--config", config, env=env)
@@ -469,7 +450,7 @@ def test_an_older_server_refreshes_without_a_backup(tmp_path: Path, jellyfin: Je
 def test_doctor_fix_removes_the_startup_clean_up_trigger(tmp_path: Path, jellyfin: JellyfinEmulator,
                                                          env: dict[str, str]) -> None:
     nas = tmp_path / "nas"
-    media_file(nas / "movies", "Film 0")
+    movie(nas / "movies", "Film 0")
     jellyfin.libraries = [Library("Movies", ["/mnt/nas/movies"])]
     jellyfin.server_paths["/mnt/nas"] = str(nas)
     jellyfin.index()
@@ -481,7 +462,7 @@ def test_doctor_fix_removes_the_startup_clean_up_trigger(tmp_path: Path, jellyfi
         library.realtime_monitor = False
     scan = next(task for task in api(jellyfin, "GET", "/ScheduledTasks").json() if task["Key"] == REFRESH_LIBRARY_KEY)
     assert api(jellyfin, "POST", f"/ScheduledTasks/{scan['Id']}/Triggers", json=[]).status_code == 204
-    config = write_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas})
+    config = server_config(tmp_path, jellyfin, path_map={"/mnt/nas": nas})
 
     before = run_cli("doctor", "--config", config, env=env)
     assert before.returncode == 1, before
@@ -523,7 +504,7 @@ def test_doctor_says_which_protections_apply(tmp_path: Path, jellyfin: JellyfinE
     library = tmp_path / "movies"
     films(library, 1)
     jellyfin.libraries = [Library("Movies", [str(library)])]
-    doctor = run_cli("doctor", "--config", write_config(tmp_path, jellyfin), env=env)
+    doctor = run_cli("doctor", "--config", server_config(tmp_path, jellyfin), env=env)
     assert any(shown.startswith(line) for shown in doctor.stdout.splitlines()), doctor.stdout
     exposed = next(shown for shown in doctor.stdout.splitlines() if shown.startswith(f"- on Jellyfin {version}"))
     assert "nothing protects a disk or share mounted below a library folder" in exposed

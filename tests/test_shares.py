@@ -55,7 +55,7 @@ from shares import (
     root_status,
     wait_verified,
 )
-from support import BindFS, WatcherProcess, wait_until
+from support import MKV, BindFS, WatcherProcess, movie, wait_until, write_config
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from watcher.config import DEFAULT_IGNORE, load
@@ -80,27 +80,16 @@ STOP_WITHIN = 2.0
 WAIT = 20.0
 """Deadline, seconds, for what is not itself a timing assertion (a loaded 2-core machine;
 rclone retries a dead server for about 5 s before it answers EIO)."""
-MKV = b"\x1a\x45\xdf\xa3"
 
 
-def movie(folder: Path, title: str) -> Path:
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(MKV)
-    return path
-
-
-def write_config(path: Path, url: str, root: Path, state_dir: Path, quiet: float = QUIET) -> Path:
-    lines = [
-        f"state_dir = {json.dumps(str(state_dir))}",
-        "[jellyfin]", f"url = {json.dumps(url)}",
-        "[watch]", f"quiet_period = {quiet:g}", "max_wait = 120", f"settle = {SETTLE:g}",
-        f"health_interval = {HEALTH_INTERVAL:g}", f"probe_timeout = {PROBE_TIMEOUT:g}", "backoff_max = 4",
-        f"poll_interval = {POLL:g}",
-        "[[roots]]", f"path = {json.dumps(str(root))}",
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def share_config(path: Path, url: str, root: Path, state_dir: Path, quiet: float = QUIET) -> Path:
+    return write_config(path, {
+        "state_dir": state_dir,
+        "jellyfin": {"url": url},
+        "watch": {"quiet_period": quiet, "max_wait": 120, "settle": SETTLE, "health_interval": HEALTH_INTERVAL,
+                  "probe_timeout": PROBE_TIMEOUT, "backoff_max": 4, "poll_interval": POLL},
+        "roots": [{"path": root}],
+    })
 
 
 def start_polling(watcher: WatcherProcess, state_dir: Path, root: Path, how: str) -> None:
@@ -173,7 +162,7 @@ def test_rclone_a_change_on_the_server_is_refreshed_once(tmp_path: Path, remote:
                                                          env: dict[str, str]) -> None:
     rclone_library(jellyfin, remote)
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", jellyfin.url, remote.root, state_dir)
+    config = share_config(tmp_path / "config.toml", jellyfin.url, remote.root, state_dir)
     with WatcherProcess(["--config", config], env) as watcher:
         start_polling(watcher, state_dir, remote.root, "(listing every folder: folder times do not follow")
         assert (root_status(state_dir, remote.root) or {}).get("poll") == "list"
@@ -213,7 +202,7 @@ def test_rclone_server_killed_holds_the_batch_and_loses_nothing(tmp_path: Path, 
                                                                 env: dict[str, str]) -> None:
     rclone_library(jellyfin, remote)
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", jellyfin.url, remote.root, state_dir)
+    config = share_config(tmp_path / "config.toml", jellyfin.url, remote.root, state_dir)
     with WatcherProcess(["--config", config], env) as watcher:
         start_polling(watcher, state_dir, remote.root, "listing every folder")
         took = hold_a_batch_then("kill", watcher, state_dir, remote, jellyfin)
@@ -236,7 +225,7 @@ def test_rclone_server_frozen_holds_the_batch_across_a_restart(tmp_path: Path, r
                                                                env: dict[str, str]) -> None:
     rclone_library(jellyfin, remote)
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", jellyfin.url, remote.root, state_dir)
+    config = share_config(tmp_path / "config.toml", jellyfin.url, remote.root, state_dir)
     with WatcherProcess(["--config", config], env) as watcher:
         start_polling(watcher, state_dir, remote.root, "listing every folder")
         took = hold_a_batch_then("stop", watcher, state_dir, remote, jellyfin)
@@ -276,7 +265,7 @@ def test_sshfs_connection_dropped_loses_nothing(tmp_path: Path, jellyfin: Jellyf
         root = mount.mount_point / "movies"
         jellyfin.libraries = [Library("Movies", [str(root)])]  # Jellyfin reads through the mount
         assert jellyfin.index() == 2
-        config = write_config(tmp_path / "config.toml", jellyfin.url, root, state_dir)
+        config = share_config(tmp_path / "config.toml", jellyfin.url, root, state_dir)
         with WatcherProcess(["--config", config], env) as watcher:
             start_polling(watcher, state_dir, root, "fuse.sshfs is a network filesystem")
             assert (root_status(state_dir, root) or {}).get("poll") == "mtime"
@@ -377,7 +366,7 @@ def test_switch_to_polling_counts_the_root_as_changed_also_across_a_restart(
     jellyfin.libraries = [Library("Movies", [str(root)])]
     assert jellyfin.index() == 300
     state_dir = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", jellyfin.url, root, state_dir, quiet=60)
+    config = share_config(tmp_path / "config.toml", jellyfin.url, root, state_dir, quiet=60)
     old = MAX_USER_WATCHES.read_text().strip()
     in_use = user_watches()
     assert in_use is not None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import re
 import signal
 import socket
@@ -28,7 +27,7 @@ from typing import Any
 
 import pytest
 import trustme
-from support import WatcherProcess, child_env, run_cli, wait_until
+from support import WatcherProcess, child_env, movie, run_cli, wait_until, write_config
 
 from tests.jellyfin.emulator import JellyfinEmulator, Library
 from tests.jellyfin.proxies import (
@@ -69,28 +68,14 @@ _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def toml_string(value: object) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def write_config(tmp_path: Path, url: str, *, roots: list[Path] | None = None, **jellyfin: Any) -> Path:
+def proxy_config(tmp_path: Path, url: str, *, roots: list[Path] | None = None, **jellyfin: Any) -> Path:
     """``tmp_path/config.toml`` for ``url``; ``jellyfin``: more keys of ``[jellyfin]``."""
-    lines = [f"state_dir = {toml_string(tmp_path / 'state')}", "", "[jellyfin]", f"url = {toml_string(url)}"]
-    for key, value in jellyfin.items():
-        lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else toml_string(value)}")
-    lines += ["", "[watch]", "quiet_period = 0.5", "max_wait = 30", "probe_timeout = 2", "backoff_max = 1"]
-    for root in roots or []:
-        lines += ["", "[[roots]]", f"path = {toml_string(root)}"]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def movie(folder: Path, title: str) -> Path:
-    path = folder / title / f"{title}.mkv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x1a\x45\xdf\xa3")
-    return path
+    return write_config(tmp_path / "config.toml", {
+        "state_dir": tmp_path / "state",
+        "jellyfin": {"url": url, **{key: value if isinstance(value, bool) else str(value) for key, value in jellyfin.items()}},
+        "watch": {"quiet_period": 0.5, "max_wait": 30, "probe_timeout": 2, "backoff_max": 1},
+        "roots": [{"path": root} for root in roots or []],
+    })
 
 
 def environment(tmp_path: Path, bundle: Path | str | None = "keep", **extra: str) -> dict[str, str]:
@@ -168,7 +153,7 @@ def test_ca_bundle_wins_over_the_environment(tmp_path: Path, ca: trustme.CA, ca_
     with emulator(root, ssl_context=server_context(ca, "127.0.0.1", "localhost")) as jellyfin:
         jellyfin.index()
         assert jellyfin.url.startswith("https://127.0.0.1:")
-        config = write_config(tmp_path, jellyfin.url, ca_bundle=ca_file)
+        config = proxy_config(tmp_path, jellyfin.url, ca_bundle=ca_file)
         check = run_cli("check", "--config", config, env=env)
         assert check.returncode == 0, check
         assert check.stdout.startswith(f"{root}: healthy")
@@ -184,7 +169,7 @@ def test_without_ca_bundle_the_environment_still_counts(tmp_path: Path, ca: trus
                                                         root: Path) -> None:
     # The control for the test above: with no jellyfin.ca_bundle, REQUESTS_CA_BUNDLE decides.
     with emulator(root, ssl_context=server_context(ca, "127.0.0.1")) as jellyfin:
-        config = write_config(tmp_path, jellyfin.url)
+        config = proxy_config(tmp_path, jellyfin.url)
         trusted = run_cli("check", "--config", config, env=environment(tmp_path, ca_file))
         assert trusted.returncode == 0, trusted
         untrusted = run_cli("check", "--config", config, env=environment(tmp_path, None))
@@ -197,7 +182,7 @@ def test_verify_false_works_with_one_warning(tmp_path: Path, ca: trustme.CA, oth
     with emulator(root, ssl_context=server_context(ca, "jellyfin.example")) as jellyfin:  # wrong host, unknown CA
         jellyfin.index()
         url = jellyfin.url
-        config = write_config(tmp_path, url, verify=False)
+        config = proxy_config(tmp_path, url, verify=False)
         completed = run_cli("refresh", "--config", config, env=environment(tmp_path, other_bundle))
         assert completed.returncode == 0, completed
         assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
@@ -216,7 +201,7 @@ def test_https_proxy_variable_is_honoured(tmp_path: Path, ca: trustme.CA, ca_fil
                                           root: Path) -> None:
     with emulator(root, ssl_context=server_context(ca, "127.0.0.1")) as jellyfin, ForwardProxy() as proxy:
         jellyfin.index()
-        config = write_config(tmp_path, jellyfin.url, ca_bundle=ca_file)
+        config = proxy_config(tmp_path, jellyfin.url, ca_bundle=ca_file)
         destination = jellyfin.url.removeprefix("https://")
         through = run_cli("refresh", "--config", config,
                           env=environment(tmp_path, other_bundle, HTTPS_PROXY=proxy.url))
@@ -235,7 +220,7 @@ def test_https_proxy_variable_is_honoured(tmp_path: Path, ca: trustme.CA, ca_fil
 
 
 def test_missing_ca_bundle_file_is_a_configuration_error(tmp_path: Path, root: Path) -> None:
-    config = write_config(tmp_path, "https://127.0.0.1:8920", ca_bundle=tmp_path / "nowhere.pem")
+    config = proxy_config(tmp_path, "https://127.0.0.1:8920", ca_bundle=tmp_path / "nowhere.pem")
     completed = run_cli("check", "--config", config, env=environment(tmp_path))
     assert completed.returncode == 2, completed
     assert error_line(completed) == (
@@ -248,7 +233,7 @@ def test_the_wrong_scheme_is_named(tmp_path: Path, ca: trustme.CA, root: Path, g
     context = server_context(ca, "127.0.0.1") if given.startswith("http:") else None
     with emulator(root, ssl_context=context) as jellyfin:
         url = jellyfin.url.replace("https:", "http:") if context else jellyfin.url.replace("http:", "https:")
-        completed = run_cli("check", "--config", write_config(tmp_path, url), env=environment(tmp_path))
+        completed = run_cli("check", "--config", proxy_config(tmp_path, url), env=environment(tmp_path))
         assert completed.returncode == 3, completed
         if context is None:
             assert re.fullmatch(
@@ -329,7 +314,7 @@ def test_each_problem_exits_3_with_its_message(tmp_path: Path, ca: trustme.CA, c
                                                name: str, command: str) -> None:
     with contextlib.ExitStack() as stack:
         case = _cases(name, stack, ca, ca_file, root)
-        config = write_config(tmp_path, case.url, **case.settings)
+        config = proxy_config(tmp_path, case.url, **case.settings)
         completed = run_cli(command, "--config", config, env=environment(tmp_path))
         assert completed.returncode == 3, completed
         if command == "doctor":
@@ -346,7 +331,7 @@ def test_each_problem_exits_3_with_its_message(tmp_path: Path, ca: trustme.CA, c
 def test_doctor_shows_the_redirect_chain(tmp_path: Path, ca: trustme.CA, ca_file: Path, root: Path) -> None:
     with emulator(root, ssl_context=server_context(ca, "127.0.0.1")) as jellyfin, \
             Redirector(jellyfin.url, 308) as second, Redirector(second.url, 301) as first:
-        config = write_config(tmp_path, first.url, ca_bundle=ca_file)
+        config = proxy_config(tmp_path, first.url, ca_bundle=ca_file)
         completed = run_cli("doctor", "--config", config, env=environment(tmp_path))
         assert completed.returncode == 3, completed
         assert completed.stdout == (
@@ -361,7 +346,7 @@ def test_doctor_shows_the_redirect_chain(tmp_path: Path, ca: trustme.CA, ca_file
 
 def test_doctor_shows_the_sign_in_page_and_the_proxy_answer(tmp_path: Path, root: Path) -> None:
     with emulator(root) as jellyfin, SignInProxy(jellyfin.url, "redirect") as sso, AuthProxy(jellyfin.url) as proxy:
-        completed = run_cli("doctor", "--config", write_config(tmp_path, sso.url), env=environment(tmp_path))
+        completed = run_cli("doctor", "--config", proxy_config(tmp_path, sso.url), env=environment(tmp_path))
         assert completed.returncode == 3, completed
         lines = completed.stdout.splitlines()
         login = f"{sso.url}/login?rd={sso.url.replace(':', '%3A').replace('/', '%2F')}%2FSystem%2FInfo%2FPublic"
@@ -370,7 +355,7 @@ def test_doctor_shows_the_sign_in_page_and_the_proxy_answer(tmp_path: Path, root
             f"    {sso.url}/System/Info/Public → HTTP 302 to {login}",
             f'    {login} → HTTP 200 (an HTML page "Sign in - Authelia"; Server: nginx)',
         ]
-        completed = run_cli("doctor", "--config", write_config(tmp_path, proxy.url), env=environment(tmp_path))
+        completed = run_cli("doctor", "--config", proxy_config(tmp_path, proxy.url), env=environment(tmp_path))
         assert completed.returncode == 3, completed
         assert completed.stdout.splitlines()[1:] == [
             "  what answers GET /System/Info/Public, asked without the API key:",
@@ -384,7 +369,7 @@ def test_doctor_shows_the_sign_in_page_and_the_proxy_answer(tmp_path: Path, root
 
 def test_sign_in_page_answered_with_200(tmp_path: Path, root: Path) -> None:
     with emulator(root) as jellyfin, SignInProxy(jellyfin.url, "page") as sso:
-        completed = run_cli("check", "--config", write_config(tmp_path, sso.url), env=environment(tmp_path))
+        completed = run_cli("check", "--config", proxy_config(tmp_path, sso.url), env=environment(tmp_path))
         assert completed.returncode == 3, completed
         assert error_line(completed) == (
             f'the server at {sso.url} answered GET /Library/VirtualFolders with an HTML page ("Sign in - Authelia"), '
@@ -402,7 +387,7 @@ def test_sign_in_page_answered_with_200(tmp_path: Path, root: Path) -> None:
 ], ids=["sign-in 403", "allow-list 403", "bare 401"])
 def test_proxy_refusals_are_not_called_a_rejected_key(tmp_path: Path, root: Path, proxy: Any, signs: str) -> None:
     with emulator(root) as jellyfin, proxy(jellyfin.url) as front:
-        completed = run_cli("check", "--config", write_config(tmp_path, front.url), env=environment(tmp_path))
+        completed = run_cli("check", "--config", proxy_config(tmp_path, front.url), env=environment(tmp_path))
         assert completed.returncode == 3, completed
         status = 401 if "401" in signs else 403
         assert error_line(completed) == (
@@ -419,7 +404,7 @@ def test_jellyfins_own_401_is_a_rejected_key(tmp_path: Path, root: Path, through
         url = jellyfin.url if through == "directly" else proxy.url + "/jellyfin"
         env = environment(tmp_path)
         env["JELLYFIN_API_KEY"] = "wrong-key-0123456789abcdef"
-        completed = run_cli("check", "--config", write_config(tmp_path, url), env=env)
+        completed = run_cli("check", "--config", proxy_config(tmp_path, url), env=env)
         assert completed.returncode == 3, completed
         assert error_line(completed) == (
             f"Jellyfin at {url} rejected the API key (HTTP 401): make a new key in Dashboard → API Keys and give it "
@@ -439,7 +424,7 @@ def test_base_path_behind_an_https_reverse_proxy(tmp_path: Path, ca: trustme.CA,
                          ssl_context=server_context(ca, "localhost")) as proxy:
         jellyfin.index()
         url = proxy.url.replace("127.0.0.1", "localhost") + "/jellyfin"
-        config = write_config(tmp_path, url, ca_bundle=ca_file)
+        config = proxy_config(tmp_path, url, ca_bundle=ca_file)
         env = environment(tmp_path)
         check = run_cli("check", "--config", config, env=env)  # the roots come from Jellyfin, through the proxy
         assert check.returncode == 0, check
@@ -449,7 +434,7 @@ def test_base_path_behind_an_https_reverse_proxy(tmp_path: Path, ca: trustme.CA,
         assert [request.path for request in jellyfin.requests if request.method == "POST"] == ["/jellyfin/Library/Refresh"]
         assert jellyfin.wait_for_scans_idle(WAIT)
 
-        without = write_config(tmp_path, url.removesuffix("/jellyfin"), ca_bundle=ca_file)
+        without = proxy_config(tmp_path, url.removesuffix("/jellyfin"), ca_bundle=ca_file)
         missing = run_cli("check", "--config", without, env=env)
         assert missing.returncode == 3, missing
         assert error_line(missing) == (
@@ -463,7 +448,7 @@ def test_jellyfins_base_url_redirect_names_the_url(tmp_path: Path, root: Path) -
     with emulator(root, base_path="/jellyfin") as jellyfin:
         without = jellyfin.url.removesuffix("/jellyfin")
         for command in ("check", "refresh", "doctor"):
-            completed = run_cli(command, "--config", write_config(tmp_path, without), env=environment(tmp_path))
+            completed = run_cli(command, "--config", proxy_config(tmp_path, without), env=environment(tmp_path))
             assert completed.returncode == 3, completed
             request = "GET /System/Info/Public" if command == "doctor" else "GET /Library/VirtualFolders"
             message = (
@@ -488,7 +473,7 @@ def test_ipv6_url(tmp_path: Path, root: Path) -> None:
     with emulator(root, host="::1") as jellyfin:
         jellyfin.index()
         assert jellyfin.url.startswith("http://[::1]:")
-        config = write_config(tmp_path, jellyfin.url)
+        config = proxy_config(tmp_path, jellyfin.url)
         env = environment(tmp_path)
         check = run_cli("check", "--config", config, env=env)
         assert check.returncode == 0, check
@@ -506,14 +491,14 @@ def test_daemon_keeps_the_batch_until_the_ca_is_configured(tmp_path: Path, ca: t
                                                            other_bundle: Path, root: Path) -> None:
     with emulator(root, ssl_context=server_context(ca, "127.0.0.1")) as jellyfin:
         jellyfin.index()
-        config = write_config(tmp_path, jellyfin.url, roots=[root])
+        config = proxy_config(tmp_path, jellyfin.url, roots=[root])
         with WatcherProcess(["--config", config], environment(tmp_path, other_bundle)) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             movie(root, "New (2024)")
             failed = watcher.wait_for_line(r"is not signed by an authority this machine trusts", WAIT)
             assert re.search(r"; keeping \d+ changes and watching on$", failed), failed
             assert " ERROR " in failed
-            write_config(tmp_path, jellyfin.url, roots=[root], ca_bundle=ca_file)
+            proxy_config(tmp_path, jellyfin.url, roots=[root], ca_bundle=ca_file)
             mark = watcher.mark()
             watcher.send_signal(signal.SIGHUP)
             watcher.wait_for_line(r"refresh sent: ", WAIT, start=mark)
@@ -529,7 +514,7 @@ def test_daemon_keeps_the_batch_until_the_ca_is_configured(tmp_path: Path, ca: t
 def test_daemon_retries_until_the_proxy_lets_it_through(tmp_path: Path, root: Path) -> None:
     with emulator(root) as jellyfin, AuthProxy(jellyfin.url, 401) as proxy:
         jellyfin.index()
-        config = write_config(tmp_path, proxy.url, roots=[root])
+        config = proxy_config(tmp_path, proxy.url, roots=[root])
         with WatcherProcess(["--config", config], environment(tmp_path)) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             movie(root, "New (2024)")
@@ -552,7 +537,7 @@ def test_daemon_retries_until_the_proxy_lets_it_through(tmp_path: Path, root: Pa
 def test_daemon_with_verify_false_warns_once(tmp_path: Path, ca: trustme.CA, root: Path) -> None:
     with emulator(root, ssl_context=server_context(ca, "127.0.0.1")) as jellyfin:
         jellyfin.index()
-        config = write_config(tmp_path, jellyfin.url, roots=[root], verify=False)
+        config = proxy_config(tmp_path, jellyfin.url, roots=[root], verify=False)
         with WatcherProcess(["--config", config], environment(tmp_path)) as watcher:
             watcher.wait_for_line(r"watching 1 of 1 roots", WAIT)
             for index in range(2):

@@ -58,3 +58,28 @@ def test_example_configuration_loads_and_names_every_key(tmp_path: Path) -> None
     every = {key for table, keys in known.items() if table for key in keys}
     every |= {key for key in known[""] if key not in config.SECTIONS and key not in ("roots", "path_map")}
     assert every - {"libraries"} - mentioned == set()
+
+
+def _defined_tests() -> dict[str, set[str]]:
+    """Test function names defined in each test file, by path relative to the repository."""
+    defined: dict[str, set[str]] = {}
+    for path in (REPOSITORY / "tests").rglob("test_*.py"):
+        text = path.read_text(encoding="utf-8")
+        defined[path.relative_to(REPOSITORY).as_posix()] = set(re.findall(r"^\s*def (test_\w+)", text, flags=re.MULTILINE))
+    return defined
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    """A claim in the README names the test that proves it: a renamed or removed test must
+    not leave the claim pointing at nothing."""
+    defined = _defined_tests()
+    everywhere = set().union(*defined.values())
+    missing = []
+    for match in re.finditer(r"`((?:tests/)?(?:[\w/]+/)?(test_\w+\.py))?(?:::)?(test_\w+)?`", README):
+        path, name = match.group(1), match.group(3)
+        if path and not path.startswith("tests/"):
+            path = f"tests/{path}"
+        if (path and path not in defined) or (name and name not in (defined[path] if path else everywhere)):
+            missing.append(match.group(0))
+    assert missing == []
+    assert len(re.findall(r"test_\w+`", README)) > 40, "the README names the tests behind its claims"

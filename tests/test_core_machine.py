@@ -247,7 +247,7 @@ def test_a_reload_while_a_batch_is_held_keeps_the_batch() -> None:
     daemon.change(1.0)
     actions = daemon.probe_answered(31.0, daemon.feed(31.0, Tick()), healthy(MOVIES), unmounted(SHOWS))
     actions = daemon.probe_answered(31.0, daemon.feed(31.0, MountsChanged()), unmounted(MOVIES), unmounted(SHOWS))
-    assert daemon.core.held
+    assert daemon.core.held_reason().startswith(f"{MOVIES.path} is unmounted ("), daemon.core.held_reason()
     assert of(daemon.feed(32.0, Reload()), ReadRoots) == [ReadRoots("reload")]
     new_config = replace(CONFIG, watch=replace(CONFIG.watch, quiet_period=5.0))
     actions = daemon.feed(33.0, RootsRead("reload", (MOVIES, SHOWS), new_config))

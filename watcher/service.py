@@ -26,9 +26,10 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from watcher.config import Config
-from watcher.core.machine import Core, daemon_view, listed, snapshot
+from watcher.core.machine import Core, daemon_view, snapshot
 from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
 from watcher.core.notices import Notices, Policy
+from watcher.core.refresher import listed
 from watcher.edges import statusfile as status_file
 from watcher.edges.jellyfin import JellyfinClient
 from watcher.edges.notifications import Sender
@@ -200,7 +201,7 @@ class Service:
         refresh Jellyfin took is not counted as pending (and sent again after a restart).
         Other items are dropped: the loop is over."""
         deadline = self._clock() + SEND_GRACE
-        while core.jobs.sending is not None:
+        while core.sending is not None:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - self._clock()))
             except Empty:

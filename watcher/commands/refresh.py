@@ -28,7 +28,7 @@ from watcher.core.decide import Attempt, Situation, decide
 from watcher.core.gate import RootView
 from watcher.core.guard import Limits, Prediction
 from watcher.core.health import Health
-from watcher.core.machine import part
+from watcher.core.refresher import part
 from watcher.core.scope import plan
 from watcher.core.serverview import reasons as view_reasons
 from watcher.edges.backup import BackupUnavailable, create_backup

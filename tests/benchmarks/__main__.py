@@ -34,7 +34,13 @@ import sys
 import time
 import traceback
 
-from tests.benchmarks.harness import ChildProcesses, MountTableChanges, Row, Workspace, render
+from tests.benchmarks.harness import (
+    ChildProcesses,
+    MountTableChanges,
+    Row,
+    Workspace,
+    render,
+)
 from tests.benchmarks.scenarios import BENCHMARKS, ROW_KEYS, SIZES, Context
 
 

@@ -588,7 +588,7 @@ class Core:
                     "refreshing without waiting for it any longer"
                 )
             )
-        if not self.ready and (self._first_watches_verified() and self.ready_at < float("inf") or now >= self.ready_at):
+        if not self.ready and (self._first_watches_set() and self.ready_at < float("inf") or now >= self.ready_at):
             self._become_ready(actions)
         if now >= self.libraries_at and "ReadRoots" not in self.jobs.running:
             self.libraries_at = now + self.config.jellyfin.library_interval
@@ -612,12 +612,13 @@ class Core:
             wake.append(deadline)
         self.wake_at = min([*wake, self.probing.due_at])
 
-    def _first_watches_verified(self) -> bool:
-        """Every first watch is set up, and its verification has ended: from then on every
-        folder that can be watched is (or its root is polled)."""
-        return not self.first_watches and not any(
-            tracker.verification == "running" for tracker in self.roots.values()
-        )
+    def _first_watches_set(self) -> bool:
+        """Every first watch is set up: watchdog has walked each healthy root and watched
+        every folder it could (or the root is polled). Their verification (which finds the
+        folders inotify silently could not watch) runs on; the status file's ``verified``
+        says when it has ended. ``READY=1`` does not wait for it: at 20,000 folders it is a
+        second walk of the tree, as long as the first."""
+        return not self.first_watches
 
     def _become_ready(self, actions: list[Action]) -> None:
         self.ready = True

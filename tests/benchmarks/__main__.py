@@ -17,6 +17,10 @@ files; the loss guard on 200,000 items) takes about a quarter of an hour and 8 G
 (memory). ``smoke`` uses tiny trees and a few runs and ends within a minute: it checks that
 the benchmarks work, its figures judge nothing (the test suite runs it; never the others).
 
+The watcher package's bytecode is compiled first (``compileall``, into its ``__pycache__``
+folders, as pip does when it installs a package): a daemon started from source files alone,
+as ``PYTHONDONTWRITEBYTECODE`` leaves a checkout, would spend its start-up compiling.
+
 Needs Linux (``/proc``); root for a tmpfs workspace, the mount-loss and churn benchmarks and
 counting the daemon's child processes (skipped otherwise, with its reason in the table);
 ``inotifywait`` (Debian/Ubuntu package ``inotify-tools``) for the reference columns (skipped
@@ -26,6 +30,7 @@ otherwise).
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import platform
 import shutil
@@ -42,6 +47,7 @@ from tests.benchmarks.harness import (
     render,
 )
 from tests.benchmarks.scenarios import BENCHMARKS, ROW_KEYS, SIZES, Context
+from tests.support import REPO
 
 
 def _log(message: str) -> None:
@@ -88,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     size = SIZES[arguments.size]
+    compileall.compile_dir(REPO / "watcher", quiet=1)
     has_inotifywait = shutil.which("inotifywait") is not None
     started = time.monotonic()
     workspace = Workspace(size.workspace)
     ctx = Context(size=size, workspace=workspace, inotifywait=has_inotifywait, root=workspace.tmpfs is not None, log=_log,
                   mounts=MountTableChanges(), children=ChildProcesses())
-    header = [f"jellyfin-watcher benchmarks, size {size.describe()}", f"machine: {_machine()}; workspace: {workspace.kind}"]
+    header = [f"jellyfin-watcher benchmarks, size {size.describe()}",
+              f"machine: {_machine()}; workspace: {workspace.kind}; the package's bytecode compiled"]
     if has_inotifywait:
         header.append(f"reference: {_inotifywait_version()}, watchdog's PollingObserver")
     else:

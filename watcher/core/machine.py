@@ -196,6 +196,9 @@ class Core:
         read as a flood of deletions)."""
         self.wake_at = float("inf")
         """When the loop must call :meth:`handle` with :class:`Tick` at the latest."""
+        self._last_relevance: tuple[IgnoreFilter, str, str, bool, str, bool] | None = None
+        """The filter, root, path and verdict of the last event's path, its folder, and
+        whether that folder is known to be clear of ignored components (:meth:`_relevant`)."""
 
     # --- entry points ------------------------------------------------------------------
 
@@ -226,8 +229,9 @@ class Core:
                 self._on_event(now, item, actions)
             case PollResult():
                 self._on_poll_result(now, item, actions)
-            case MountsChanged():
-                self._want_probe(now)
+            case MountsChanged(points=points):
+                if points is None or self._mounts_concern_roots(points):
+                    self._want_probe(now)
             case EventsLost(root=None):
                 actions.append(warning("the kernel's event queue overflowed: counting every root as changed"))
                 self.debouncer.add_many(now, self.roots)
@@ -333,16 +337,79 @@ class Core:
         if event.is_directory and event.path == root and event.kind in ("deleted", "moved"):
             actions.append(warning(f"{root} was {event.kind}: it is watched again when it reappears"))
             self._want_probe(now)
-        relevant = not self.ignore.ignores_all(root, paths)
+        relevant = self._relevant(root, event.path) or bool(event.dest) and self._relevant(root, event.dest)
         self._track_writes(now, event, relevant)
         if not relevant:
             return
         removal = event.kind in ("deleted", "moved")
         if removal:
             self.removals += 1
+        # Once the root counts as changed as a whole, its folders are not kept: nothing more
+        # to work out than that the change counts.
+        whole = self.debouncer.counts_whole(root)
         for path in paths:
             if within(path, root):
-                self._count(now, root, os.path.dirname(path) or root, removal)
+                self._count(now, root, None if whole else os.path.dirname(path) or root, removal)
+
+    def _relevant(self, root: str, path: str) -> bool:
+        """Whether a change at ``path`` under ``root`` matters (no component of it below the
+        root is ignored). The verdict on the last path is kept, and whether its folder is
+        known to be clear: a file's creation and its close come one after the other, and a
+        copy writes many files into one folder, so most events need one pattern match (on
+        the name), or none."""
+        ignore = self.ignore
+        last = self._last_relevance
+        folder = path[: path.rfind("/")]
+        if last is not None and last[0] is ignore and last[1] == root:
+            if last[2] == path:
+                return last[3]
+            if last[4] == folder and last[5]:
+                relevant = not ignore(root, path[len(folder) + 1 :])
+                self._last_relevance = (ignore, root, path, relevant, folder, True)
+                return relevant
+        relevant = not ignore(root, path)
+        if path.startswith(root + "/"):
+            # A relevant path's folder is clear; an ignored one's may not be.
+            self._last_relevance = (ignore, root, path, relevant, folder, relevant)
+        return relevant
+
+    def _mounts_concern_roots(self, points: frozenset[str]) -> bool:
+        """Whether a change of the mount table at ``points`` (mount points) can concern a
+        root, so that the roots are probed at once: a mount point at or above the root, its
+        mount point (configured, learned, or the current one), the pool it lives on, one of
+        the pool's branches (or their mount points, or the root's folder on them), or below
+        the root (a disk inside the library). Where a root's real path is not under its
+        mount point (a symlink on the way), any change below that mount point counts; a root
+        not probed yet, or on a pool whose branches are not known, counts every change.
+        Anything else (other programs' mounts on a busy machine) waits for the periodic
+        health check."""
+        if not self.roots:
+            return True
+        for key, tracker in self.roots.items():
+            health = tracker.health
+            if health is None or health.pool and health.pool_problem:
+                return True
+            above = {key}  # a change at or above one of these concerns the root
+            below = {key}  # so does one below one of these
+            if health.mount_point is not None:
+                above.add(str(health.mount_point))
+                if not within(key, str(health.mount_point)):
+                    below.add(str(health.mount_point))
+            for mount in (tracker.root.mount, self.saved.mounts.get(key), health.pool):
+                if mount is not None:
+                    above.add(str(mount))
+            for branch in health.branches:
+                above.add(branch.path)
+                below.add(branch.path)
+                if branch.mount_point is not None:
+                    above.add(branch.mount_point)
+                if branch.counterpart is not None:
+                    above.add(branch.counterpart)
+                    below.add(branch.counterpart)
+            for point in points:
+                if any(within(path, point) for path in above) or any(within(point, path) for path in below):
+                    return True
+        return False
 
     def _count(self, now: float, root: str, folder: str | None = None, removal: bool = False) -> None:
         """One change under ``root`` (in ``folder``; None: the root as a whole)."""

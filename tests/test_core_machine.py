@@ -150,20 +150,21 @@ class Daemon:
 # --- start-up ------------------------------------------------------------------------------------
 
 
-def test_ready_once_every_first_watch_is_set_up_and_verified() -> None:
+def test_ready_once_every_first_watch_is_set_up_while_their_verification_runs_on() -> None:
     daemon = Daemon(roots=(MOVIES, SHOWS), watch=False)
     probe = daemon.one(daemon.log, Probe)
     watches = of(daemon.feed(0.1, Probed(probe.started_at, (healthy(MOVIES), healthy(SHOWS)))), Watch)
     assert [str(watch.root.path) for watch in watches] == ["/media/movies", "/media/shows"]
     assert not of(daemon.feed(0.2, Watched("/media/movies", watches[0].ticket)), Ready)
-    assert not of(daemon.feed(0.3, Watched("/media/shows", watches[1].ticket)), Ready)
-    verifies = of(daemon.log, Verify)
-    assert [verify.root for verify in verifies] == [MOVIES, SHOWS]
-    assert not of(daemon.feed(0.4, Verified("/media/movies", verifies[0].ticket, Coverage(MOVIES.path, 3, 3))), Ready)
-    assert snapshot(daemon.core, 0.4).roots[1].verification == "running"
-    actions = daemon.feed(0.5, Verified("/media/shows", verifies[1].ticket, Coverage(SHOWS.path, 2, 2)))
+    actions = daemon.feed(0.3, Watched("/media/shows", watches[1].ticket))
     assert of(actions, Ready) == [Ready()]
     assert "watching 2 of 2 roots: /media/movies, /media/shows" in logged(actions)
+    verifies = of(daemon.log, Verify)
+    assert [verify.root for verify in verifies] == [MOVIES, SHOWS]
+    assert [root.verification for root in snapshot(daemon.core, 0.3).roots] == ["running", "running"]
+    assert not of(daemon.feed(0.4, Verified("/media/movies", verifies[0].ticket, Coverage(MOVIES.path, 3, 3))), Ready)
+    assert not of(daemon.feed(0.5, Verified("/media/shows", verifies[1].ticket, Coverage(SHOWS.path, 2, 2))), Ready)
+    assert [root.verification for root in snapshot(daemon.core, 0.5).roots] == ["complete", "complete"]
 
 
 def test_ready_after_its_deadline_when_a_watch_hangs_on_a_hung_mount() -> None:

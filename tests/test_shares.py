@@ -23,7 +23,8 @@ Around the shares, what the watcher needs to trust them:
   reported are named as such, not blamed on the watch limit; folders found unwatched are
   looked at again; past the watch limit (with the evidence: ENOSPC) the switch to polling
   counts the root as changed, saved at once, so a watcher killed right after still
-  refreshes it; ``READY=1`` waits for the verification;
+  refreshes it; ``READY=1`` comes once every folder is watched, the status file's
+  ``verified`` once the verification has ended;
 * the polling methods: a folder whose modification time does not move when a file is added
   (as through rclone) is missed by ``mtime`` and found by ``list``.
 
@@ -392,12 +393,16 @@ def test_switch_to_polling_counts_the_root_as_changed_also_across_a_restart(
     assert len(jellyfin.items) == 300
 
 
-def test_ready_waits_for_the_watch_verification(tmp_path: Path, env: dict[str, str]) -> None:
-    """``READY=1`` comes once every folder has been checked: the status document then says
-    ``verified``, and the root's verification is complete."""
+def test_ready_once_every_folder_is_watched_then_the_verification_ends(tmp_path: Path, env: dict[str, str]) -> None:
+    """``READY=1`` comes once watchdog has watched every folder (the kernel holds a watch on
+    each); the verification runs on, and the status document says ``verified`` once it has
+    ended, with the root's verification complete."""
+    from watcher.edges.verify import watched_inodes
+
     root = tmp_path / "media"
     for index in range(2000):  # a listing that takes a moment
         (root / f"Show {index // 40:02d}" / f"Season {index:04d}").mkdir(parents=True)
+    folders = {(status.st_dev, status.st_ino) for status in map(os.stat, [root, *root.glob("*"), *root.glob("*/*")])}
     state_dir = tmp_path / "state"
     address = f"jellyfin-watcher-test-{uuid.uuid4().hex}"
     notify_env = {**env, "NOTIFY_SOCKET": "@" + address}
@@ -411,16 +416,17 @@ def test_ready_waits_for_the_watch_verification(tmp_path: Path, env: dict[str, s
             message = listener.recv(65536).decode()
             if "READY=1" in message.splitlines():
                 break
-        # Written before READY=1 was sent; no verification runs again after it (nothing is
-        # watched anew), so what it says about verification cannot change meanwhile.
-        document = json.loads((state_dir / "status.json").read_text(encoding="utf-8"))
+        # Every folder existed before the start, so its watch was set before READY=1.
+        held = watched_inodes(str(watcher.pid))
         # Closed before the watcher is stopped: a listener that no longer reads fills up and
         # blocks the watcher's next notification (systemd always reads).
         listener.close()
+        document = wait_verified(state_dir, WAIT)
         assert watcher.terminate(WAIT) == 0
-    assert document["verified"] is True, document
+    assert folders <= held, f"READY=1 came before every folder was watched: {len(folders - held)} unwatched"
     [entry] = document["roots"]
     assert entry["verification"] == "complete" and entry["mode"] == "events", entry
+    assert entry["watched_directories"] == len(folders), entry
 
 
 # --- polling methods ---------------------------------------------------------------------------

@@ -9,30 +9,40 @@ stderr, no traceback); 3 Jellyfin unreachable or the key rejected.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-from pythonjsonlogger.json import JsonFormatter
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from watcher import __version__
-from watcher.commands.check import check
-from watcher.commands.common import EXIT_CONFIG, EXIT_OK, EXIT_SERVER, client_for
-from watcher.commands.config_print import print_config
-from watcher.commands.doctor import doctor
-from watcher.commands.notify import run as notify_test
-from watcher.commands.refresh import refresh
-from watcher.commands.run import run
-from watcher.commands.status import status
+from watcher.commands.common import EXIT_CONFIG, EXIT_OK, EXIT_SERVER
 from watcher.config import Config, LogFormat, LogLevel, default_config_file, load
-from watcher.edges.jellyfin import JellyfinClient
 from watcher.errors import ConfigError, JellyfinError
 
+if TYPE_CHECKING:
+    from watcher.edges.jellyfin import JellyfinClient
+
+# Each command's module is imported when that command runs, and the HTTP client when a
+# client is made (never in a dry run): the daemon's start-up, and so the time to its first
+# watch, pays for neither the other commands nor what its first watch does not need.
+
 logger = logging.getLogger("watcher")
+
+class _Held(logging.Handler):
+    """Keeps the records logged before logging is configured (a MemoryHandler without
+    ``logging.handlers``, which the daemon does not need otherwise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.buffer) < 1000:
+            self.buffer.append(record)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -95,7 +105,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             )
         # Loading may log (a key file readable by others): hold those records until logging
         # is set up in the configured format, instead of logging's bare last-resort output.
-        early = logging.handlers.MemoryHandler(capacity=1000, flushLevel=logging.CRITICAL + 1)
+        early = _Held()
         logging.getLogger().addHandler(early)
         try:
             config = _load(arguments, environ)
@@ -106,17 +116,38 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             if logging.getLogger(record.name).isEnabledFor(record.levelno):
                 logging.getLogger(record.name).handle(record)
         if arguments.command == "status":
+            from watcher.commands.status import status
+
             return status(config, as_json=arguments.json, quiet=arguments.quiet)
         if arguments.command == "doctor":
+            from watcher.commands.doctor import doctor
+
             return doctor(config, fix=arguments.fix)
         if arguments.command == "run":
-            return run(config, reload=lambda: _reload(arguments, environ))
+            # The daemon's start-up makes many objects that live as long as it does and no
+            # garbage: the cyclic collector is off until its loop begins (run() turns it on
+            # again, with those objects frozen out of its later passes).
+            gc.disable()
+            try:
+                from watcher.commands.run import run
+
+                return run(config, reload=lambda: _reload(arguments, environ))
+            finally:
+                gc.enable()
         if arguments.command == "check":
+            from watcher.commands.check import check
+
             return check(config, predict_removals=arguments.predict, relearn=arguments.relearn)
         if arguments.command == "refresh":
+            from watcher.commands.refresh import refresh
+
             return refresh(config, allow_removals=arguments.allow_removals)
         if arguments.command == "notify":
+            from watcher.commands.notify import run as notify_test
+
             return notify_test(config)
+        from watcher.commands.config_print import print_config
+
         return print_config(config)
     except ConfigError as error:
         _print_error(error)
@@ -156,6 +187,8 @@ def _load(arguments: argparse.Namespace, environ: Mapping[str, str]) -> Config:
 
 def _reload(arguments: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Config, JellyfinClient | None]:
     """SIGHUP: the same command line and environment, the configuration file read again."""
+    from watcher.commands.common import client_for
+
     config = _load(arguments, environ)
     client = None if config.dry_run else client_for(config, "to refresh")
     _configure_logging(config.log_level, config.log_format, environ)
@@ -171,6 +204,8 @@ def _configure_logging(level: str, log_format: str, environ: Mapping[str, str]) 
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter
     if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
         fields = "{levelname}{name}{message}" if journald else "{asctime}{levelname}{name}{message}"
         formatter = JsonFormatter(
             fields,

@@ -20,18 +20,28 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher.config import Config
+from watcher.core.health import Health
 from watcher.core.machine import Core, daemon_view, snapshot
-from watcher.core.messages import Action, Exit, Ready, Reload, SendDone, Stop, Tick
+from watcher.core.messages import (
+    Action,
+    Exit,
+    Probe,
+    Probed,
+    Ready,
+    Reload,
+    SendDone,
+    Stop,
+    Tick,
+)
 from watcher.core.notices import Notices, Policy
 from watcher.core.refresher import listed
 from watcher.edges import statusfile as status_file
-from watcher.edges.jellyfin import JellyfinClient
 from watcher.edges.notifications import Sender
 from watcher.edges.sdnotify import Notifier
 from watcher.edges.signals import SignalWaker
@@ -41,6 +51,9 @@ from watcher.edges.workers import Executor, Reloader
 from watcher.errors import ConfigError
 from watcher.presentation import document, signature, status_line
 
+if TYPE_CHECKING:
+    from watcher.edges.jellyfin import JellyfinClient
+
 logger = logging.getLogger(__name__)
 
 STATUS_COUNT_INTERVAL = 5.0
@@ -49,6 +62,9 @@ SEND_GRACE = 0.8
 """Seconds a stop waits for the answer to a refresh under way (else the batch stays pending)."""
 MAX_SLEEP = 3600.0
 """Seconds the loop sleeps at most with nothing to do (an item wakes it at once)."""
+FIRST_PROBE_FRESH = 2.0
+"""Seconds for which the probe ``run`` makes before the loop starts answers the core's first
+probe (it checked that no root is a file; the roots need not be probed twice in a row)."""
 ROUND = 2000
 """Queue items taken in one round before the core decides and the status is written: a
 storm of events is handled in rounds, not one decision per event."""
@@ -67,8 +83,10 @@ class Service:
 
     ``client`` is None in dry-run mode. ``reload`` (for SIGHUP) returns a new configuration
     and client, or raises ConfigError. ``clock`` returns seconds (monotonic). ``notifier``
-    talks to systemd (READY, STATUS, WATCHDOG). :meth:`run` raises ConfigError when the
-    roots cannot be resolved at start (nothing to watch).
+    talks to systemd (READY, STATUS, WATCHDOG). ``first_probe``: the roots' health just
+    probed by the caller, which answers the core's first probe if the roots are the same and
+    it comes within :data:`FIRST_PROBE_FRESH` seconds. :meth:`run` raises ConfigError when
+    the roots cannot be resolved at start (nothing to watch).
     """
 
     def __init__(
@@ -79,8 +97,11 @@ class Service:
         clock: Callable[[], float] = time.monotonic,
         reload: Reloader | None = None,
         notifier: Notifier | None = None,
+        first_probe: Sequence[Health] = (),
     ) -> None:
         self.config = config
+        self._first_probe = tuple(first_probe)
+        self._first_probe_at = clock()
         self._client = client
         self._store = store
         self._clock = clock
@@ -220,6 +241,13 @@ class Service:
                     self._notifier.notify(READY="1", STATUS=self._published.status_line)
                 case Exit(message=message):
                     return message
+                case Probe(started_at=started_at, roots=roots) if self._first_probe:
+                    first, self._first_probe = self._first_probe, ()
+                    if roots == tuple(health.root for health in first) and \
+                            self._clock() - self._first_probe_at <= FIRST_PROBE_FRESH:
+                        self._queue.put(Probed(started_at, first))
+                    else:
+                        executor.execute(action)
                 case _:
                     executor.execute(action)
         return ""

@@ -1,4 +1,4 @@
-"""``python -m tests.benchmarks [--size full|smoke] [--only NAME ...] [--strict]``
+"""``python -m tests.benchmarks [--size full|large|smoke] [--only NAME ...] [--strict]``
 
 Runs the benchmarks against the real daemon (``python -m watcher run``) and prints one table:
 each figure next to its reference measured in the same run (``inotifywait``, watchdog's
@@ -10,18 +10,27 @@ benchmark could not run (its row says ERROR), 2 for a usage error. With ``--stri
 missed target also exits 1.
 
 Sizes: ``full`` (20,000 folders / 100,000 files; a 100,000-file storm; 25 latency and mount
-runs; one 60 s health interval idle; polling on 20,000 folders / 200,000 files) takes a few
-minutes on a quiet machine: run it there. ``smoke`` uses tiny trees and a few runs and ends
-within a minute: it checks that the benchmarks work, its figures judge nothing.
+runs; one 60 s health interval idle; polling on 20,000 folders / 200,000 files; the loss
+guard on 50,000 items) takes a few minutes on a quiet machine: run it there. ``large``
+(100,000 folders / 500,000 files; a 200,000-file storm; polling on 100,000 folders / 500,000
+files; the loss guard on 200,000 items) takes about a quarter of an hour and 8 GiB of tmpfs
+(memory). ``smoke`` uses tiny trees and a few runs and ends within a minute: it checks that
+the benchmarks work, its figures judge nothing (the test suite runs it; never the others).
 
-Needs Linux (``/proc``); root for a tmpfs workspace and the mount-loss benchmark (skipped
-otherwise, with its reason in the table); ``inotifywait`` (Debian/Ubuntu package
-``inotify-tools``) for the reference columns (skipped otherwise).
+The watcher package's bytecode is compiled first (``compileall``, into its ``__pycache__``
+folders, as pip does when it installs a package): a daemon started from source files alone,
+as ``PYTHONDONTWRITEBYTECODE`` leaves a checkout, would spend its start-up compiling.
+
+Needs Linux (``/proc``); root for a tmpfs workspace, the mount-loss and churn benchmarks and
+counting the daemon's child processes (skipped otherwise, with its reason in the table);
+``inotifywait`` (Debian/Ubuntu package ``inotify-tools``) for the reference columns (skipped
+otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import platform
 import shutil
@@ -30,8 +39,15 @@ import sys
 import time
 import traceback
 
-from tests.benchmarks.harness import MountTableChanges, Row, Workspace, render
+from tests.benchmarks.harness import (
+    ChildProcesses,
+    MountTableChanges,
+    Row,
+    Workspace,
+    render,
+)
 from tests.benchmarks.scenarios import BENCHMARKS, ROW_KEYS, SIZES, Context
+from tests.support import REPO
 
 
 def _log(message: str) -> None:
@@ -61,7 +77,8 @@ def _inotifywait_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="full (default) or smoke (tiny, < 60 s)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full",
+                        help="full (default), large (100,000 folders, about 15 minutes) or smoke (tiny, < 60 s)")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help=f"run only these benchmarks (repeat or comma-separate): {', '.join(BENCHMARKS)}")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -77,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     size = SIZES[arguments.size]
+    compileall.compile_dir(REPO / "watcher", quiet=1)
     has_inotifywait = shutil.which("inotifywait") is not None
     started = time.monotonic()
-    workspace = Workspace()
+    workspace = Workspace(size.workspace)
     ctx = Context(size=size, workspace=workspace, inotifywait=has_inotifywait, root=workspace.tmpfs is not None, log=_log,
-                  mounts=MountTableChanges())
-    header = [f"jellyfin-watcher benchmarks, size {size.describe()}", f"machine: {_machine()}; workspace: {workspace.kind}"]
+                  mounts=MountTableChanges(), children=ChildProcesses())
+    header = [f"jellyfin-watcher benchmarks, size {size.describe()}",
+              f"machine: {_machine()}; workspace: {workspace.kind}; the package's bytecode compiled"]
     if has_inotifywait:
         header.append(f"reference: {_inotifywait_version()}, watchdog's PollingObserver")
     else:
@@ -112,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         workspace.close()
         if ctx.mounts is not None:
             ctx.mounts.close()
+        if ctx.children is not None:
+            ctx.children.close()
     if violations:
         errors += 1
         rows.append(Row("emulator", "Jellyfin emulator: requests that broke the API spec", str(len(violations)), "-", "0",

@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from watcher.config import Secret
+from watcher.core.guard import Limits
 from watcher.edges import predict as guard
 from watcher.edges.jellyfin import JellyfinClient
 
@@ -146,7 +147,7 @@ def find_seconds(folder: Path) -> float:
 def measure(items: int, arguments: argparse.Namespace) -> dict[str, float]:
     """Build a library of ``items`` items, predict ``--runs`` times; the last (warm) run's
     figures, with the reference."""
-    folder = Path(tempfile.mkdtemp(prefix="guard-cost-"))
+    folder = Path(tempfile.mkdtemp(prefix="guard-cost-", dir=arguments.workspace))
     emulator = None
     try:
         started = time.monotonic()
@@ -206,7 +207,7 @@ def measure(items: int, arguments: argparse.Namespace) -> dict[str, float]:
                 server = json.loads(emulator.stdout.readline())["items_seconds"]
                 assert not prediction.unresponsive, "the existence check did not finish in time: raise --timeout"
                 assert (prediction.items, prediction.missing) == (items, arguments.missing), prediction
-                verdict = "refused" if prediction.refused(guard.Limits()) else "ok"
+                verdict = "refused" if prediction.refused(Limits()) else "ok"
                 print(f"{run:>3} {prediction.pages:>5} {timings['http']:>13.2f} {timings['check']:>17.2f} {total:>8.2f} "
                       f"{server:>11.2f} {timings['http'] - server:>9.2f} {(peak_after - peak_before) / 1024:>19.1f} "
                       f"{(rss_after - rss_before) / 1024:>14.1f}  {verdict} ({prediction.missing} of {prediction.items})")
@@ -247,6 +248,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="predictions in a row (the first one is the cold one)")
     parser.add_argument("--timeout", type=float, default=60.0, help="the existence check's deadline (the daemon's: 60 s)")
     parser.add_argument("--validate", action="store_true", help="keep the emulator's response validation (very slow)")
+    parser.add_argument("--workspace", metavar="DIR", help="make the libraries in DIR (default: the temporary folder)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line: each size's figures (python -m tests.benchmarks)")
     arguments = parser.parse_args()
     rows = [measure(items, arguments) for items in arguments.items]
     print("\nthe loss guard's cost per refresh (warm run; the emulator's own time per page left out):")
@@ -256,6 +259,8 @@ def main() -> int:
         print(f"{row['items']:>8.0f} {row['pages']:>5.0f} {row['client']:>9.2f} {row['paging']:>15.2f} {row['check']:>17.2f} "
               f"{row['find']:>14.3f} {row['check'] / row['find']:>11.1f}x {row['peak_growth']:>16.1f} {row['child_peak']:>14.1f}")
     print("reproduce: cd " + str(REPO) + " && python tests/benchmarks/guard_cost.py " + " ".join(sys.argv[1:]))
+    if arguments.json:
+        print(json.dumps(rows))
     return 0
 
 

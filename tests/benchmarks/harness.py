@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -189,6 +190,24 @@ class Daemon:
     def pid(self) -> int:
         return self.process.pid
 
+    def status(self) -> dict[str, object] | None:
+        """The daemon's status file (``<state dir>/status.json``), or None before it is written."""
+        try:
+            return json.loads((self.folder / "state" / "status.json").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            return None
+
+    def wait_verified(self, timeout: float) -> float:
+        """Seconds from the start of the process until its status file says ``verified``
+        (every root's first watch verification has ended), read every 10 ms."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status is not None and status.get("verified") and status.get("roots"):
+                return time.monotonic() - self.process.started_at
+            time.sleep(0.01)
+        raise AssertionError(f"not verified within {timeout:g} s; the watcher said:\n{self.process.output[-3000:]}")
+
     def start(self) -> Daemon:
         self.process.start()
         return self
@@ -271,6 +290,68 @@ class MountTableChanges:
         self._thread.join(2)
         os.close(self._stop_read)
         os.close(self._stop_write)
+
+
+class ChildProcesses:
+    """Counts the child processes a process starts (probes, listings), exactly: the kernel's
+    process events connector (``NETLINK_CONNECTOR``, ``CN_IDX_PROC``; ``linux/cn_proc.h``)
+    reports every fork with the parent's and the child's ids; a new process (not a thread)
+    has ``child_pid == child_tgid``. Needs root (CAP_NET_ADMIN); :attr:`available` says
+    whether it works here. Use :meth:`watch` to choose the parent."""
+
+    _LISTEN = 1  # PROC_CN_MCAST_LISTEN
+    _FORK = 1  # PROC_EVENT_FORK
+
+    def __init__(self) -> None:
+        self.parent = 0
+        self.count = 0
+        self.available = False
+        self._socket: socket.socket | None = None
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 11)  # NETLINK_CONNECTOR
+            sock.bind((0, 1))  # CN_IDX_PROC
+            message = struct.pack("=IIIIHHI", 1, 1, 0, 0, 4, 0, self._LISTEN)  # cn_msg: CN_IDX_PROC, CN_VAL_PROC
+            sock.send(struct.pack("=IHHII", 16 + len(message), 3, 0, 0, os.getpid()) + message)  # NLMSG_DONE
+            sock.settimeout(0.2)
+        except (OSError, AttributeError):
+            return
+        self._socket = sock
+        self.available = True
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="child-processes", daemon=True)
+        self._thread.start()
+
+    def watch(self, pid: int) -> None:
+        """Count the children of ``pid`` from now on (the count starts at 0)."""
+        self.parent, self.count = pid, 0
+
+    def _run(self) -> None:
+        assert self._socket is not None
+        while not self._closed:
+            try:
+                data = self._socket.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            offset = 0
+            while offset + 16 <= len(data):
+                length = struct.unpack_from("=I", data, offset)[0]
+                if length < 16:
+                    break
+                body = data[offset + 16 : offset + length]  # cn_msg (20 bytes), then proc_event
+                if len(body) >= 52 and struct.unpack_from("=I", body, 20)[0] == self._FORK:
+                    _, parent_tgid, child_pid, child_tgid = struct.unpack_from("=iiii", body, 36)
+                    if parent_tgid == self.parent and child_pid == child_tgid:
+                        self.count += 1
+                offset += (length + 3) & ~3
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._closed = True
+            self._thread.join(2)
+            self._socket.close()
+            self._socket = None
 
 
 # --- the reference: inotifywait ---------------------------------------------------------------

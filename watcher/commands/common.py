@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from watcher.config import Config, Root, Secret
 from watcher.core.health import Health
 from watcher.core.libraries import needs_libraries, resolve_roots
 from watcher.core.state import SavedState
-from watcher.edges.jellyfin import JellyfinClient, UserLogin
 from watcher.edges.probe import probe_roots
 from watcher.edges.state import StateStore
 from watcher.errors import ConfigError
+
+if TYPE_CHECKING:
+    from watcher.edges.jellyfin import JellyfinClient, UserLogin
 
 logger = logging.getLogger("watcher")
 
@@ -32,6 +35,11 @@ EXIT_SERVER = 3
 def client_for(config: Config, needed_for: str) -> JellyfinClient:
     """A client for the configured server. Raises ConfigError when the URL or the key is
     missing, naming what it is ``needed_for``."""
+    from watcher.edges.jellyfin import (  # the HTTP client: not imported by a dry run
+        JellyfinClient,
+        UserLogin,
+    )
+
     if config.jellyfin.url is None:
         raise ConfigError(f"no Jellyfin URL, needed {needed_for}: give --url, set JELLYFIN_URL or jellyfin.url in the config")
     credentials: Secret | UserLogin

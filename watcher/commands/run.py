@@ -12,19 +12,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from watcher.commands.common import EXIT_OK, client_for, probe
 from watcher.config import Config
-from watcher.edges.jellyfin import JellyfinClient
+from watcher.core.health import Health
 from watcher.edges.sdnotify import Notifier
 from watcher.edges.state import StateStore
 from watcher.errors import ConfigError
-from watcher.service import Service
+
+if TYPE_CHECKING:
+    from watcher.edges.jellyfin import JellyfinClient
 
 logger = logging.getLogger("watcher")
 
@@ -37,13 +43,24 @@ def run(config: Config, reload: Reloader | None = None) -> int:
     """Run the daemon until SIGTERM or SIGINT (SIGHUP: ``reload``). Returns the exit code;
     raises ConfigError for a configuration that cannot work (exit 2)."""
     client = None if config.dry_run else client_for(config, "to refresh")
-    if config.roots:
-        probe(config, config.roots)  # a root that is a file is a usage error, at once
-    elif client is None:
-        raise ConfigError(
-            "no roots to watch: give ROOT arguments or [[roots]] in the config "
-            "(in dry-run mode the watcher does not ask Jellyfin for its libraries)"
-        )
+    # The daemon's modules load while the roots are probed (the probe mostly waits for its
+    # child process): the first watch comes that much sooner.
+    loading = threading.Thread(target=import_module, args=("watcher.service",), name="import", daemon=True)
+    loading.start()
+    first_probe: list[Health] = []
+    try:
+        if config.roots:
+            first_probe = probe(config, config.roots)  # a root that is a file is a usage error, at once
+        elif client is None:
+            raise ConfigError(
+                "no roots to watch: give ROOT arguments or [[roots]] in the config "
+                "(in dry-run mode the watcher does not ask Jellyfin for its libraries)"
+            )
+    finally:
+        loading.join()
+    # Loaded by now (or this raises what loading raised).
+    from watcher.service import Service
+
     with single_daemon(config.state_dir):
         if config.dry_run:
             logger.info("dry run: Jellyfin is never contacted")
@@ -62,6 +79,7 @@ def run(config: Config, reload: Reloader | None = None) -> int:
             store=StateStore(config.state_dir),
             reload=reloaded if reload is not None else None,
             notifier=notifier,
+            first_probe=first_probe,
         )
 
         def stop(signum: int, frame: object) -> None:
@@ -72,6 +90,8 @@ def run(config: Config, reload: Reloader | None = None) -> int:
 
         previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hangup)
+        gc.freeze()  # the start-up's objects: later collections need not look at them
+        gc.enable()
         try:
             service.run()
         finally:

@@ -117,6 +117,11 @@ class Debouncer:
             self._whole.add(root)
             del self._folders[root]
 
+    def counts_whole(self, root: str) -> bool:
+        """Whether ``root`` counts as changed as a whole in the pending batch (its folders
+        are no longer listed: a change there needs no folder)."""
+        return root in self._whole
+
     def add_many(self, now: float, roots: Iterable[str]) -> None:
         """Count one change under each of ``roots``, each as a whole (e.g. after lost events)."""
         for root in roots:

@@ -123,6 +123,9 @@ class Core:
         read as a flood of deletions)."""
         self.wake_at = float("inf")
         """When the loop must call :meth:`handle` with :class:`Tick` at the latest."""
+        self._last_relevance: tuple[IgnoreFilter, str, str, bool, str, bool] | None = None
+        """The filter, root, path and verdict of the last event's path, its folder, and
+        whether that folder is known to be clear of ignored components (:meth:`_relevant`)."""
         self.refresher = Refresher(config, self.debouncer, self.writes, self.roots, self, self._save, dry_run)
         """The pending batch's way to a refresh."""
 
@@ -154,8 +157,9 @@ class Core:
                 self._on_event(now, item, actions)
             case PollResult():
                 self._on_poll_result(now, item, actions)
-            case MountsChanged():
-                self.want_probe(now)
+            case MountsChanged(points=points):
+                if points is None or self._mounts_concern_roots(points):
+                    self.want_probe(now)
             case EventsLost(root=None):
                 actions.append(warning("the kernel's event queue overflowed: counting every root as changed"))
                 self.debouncer.add_many(now, self.roots)
@@ -241,16 +245,79 @@ class Core:
         if event.is_directory and event.path == root and event.kind in ("deleted", "moved"):
             actions.append(warning(f"{root} was {event.kind}: it is watched again when it reappears"))
             self.want_probe(now)
-        relevant = not self.ignore.ignores_all(root, paths)
+        relevant = self._relevant(root, event.path) or (bool(event.dest) and self._relevant(root, event.dest))
         self._track_writes(now, event, relevant)
         if not relevant:
             return
         removal = event.kind in ("deleted", "moved")
         if removal:
             self.removals += 1
+        # Once the root counts as changed as a whole, its folders are not kept: nothing more
+        # to work out than that the change counts.
+        whole = self.debouncer.counts_whole(root)
         for path in paths:
             if within(path, root):
-                self._count(now, root, os.path.dirname(path) or root, removal)
+                self._count(now, root, None if whole else os.path.dirname(path) or root, removal)
+
+    def _relevant(self, root: str, path: str) -> bool:
+        """Whether a change at ``path`` under ``root`` matters (no component of it below the
+        root is ignored). The verdict on the last path is kept, and whether its folder is
+        known to be clear: a file's creation and its close come one after the other, and a
+        copy writes many files into one folder, so most events need one pattern match (on
+        the name), or none."""
+        ignore = self.ignore
+        last = self._last_relevance
+        folder = path[: path.rfind("/")]
+        if last is not None and last[0] is ignore and last[1] == root:
+            if last[2] == path:
+                return last[3]
+            if last[4] == folder and last[5]:
+                relevant = not ignore(root, path[len(folder) + 1 :])
+                self._last_relevance = (ignore, root, path, relevant, folder, True)
+                return relevant
+        relevant = not ignore(root, path)
+        if path.startswith(root + "/"):
+            # A relevant path's folder is clear; an ignored one's may not be.
+            self._last_relevance = (ignore, root, path, relevant, folder, relevant)
+        return relevant
+
+    def _mounts_concern_roots(self, points: frozenset[str]) -> bool:
+        """Whether a change of the mount table at ``points`` (mount points) can concern a
+        root, so that the roots are probed at once: a mount point at or above the root, its
+        mount point (configured, learned, or the current one), the pool it lives on, one of
+        the pool's branches (or their mount points, or the root's folder on them), or below
+        the root (a disk inside the library). Where a root's real path is not under its
+        mount point (a symlink on the way), any change below that mount point counts; a root
+        not probed yet, or on a pool whose branches are not known, counts every change.
+        Anything else (other programs' mounts on a busy machine) waits for the periodic
+        health check."""
+        if not self.roots:
+            return True
+        for key, tracker in self.roots.items():
+            health = tracker.health
+            if health is None or (health.pool and health.pool_problem):
+                return True
+            above = {key}  # a change at or above one of these concerns the root
+            below = {key}  # so does one below one of these
+            if health.mount_point is not None:
+                above.add(str(health.mount_point))
+                if not within(key, str(health.mount_point)):
+                    below.add(str(health.mount_point))
+            for mount in (tracker.root.mount, self.saved.mounts.get(key), health.pool):
+                if mount is not None:
+                    above.add(str(mount))
+            for branch in health.branches:
+                above.add(branch.path)
+                below.add(branch.path)
+                if branch.mount_point is not None:
+                    above.add(branch.mount_point)
+                if branch.counterpart is not None:
+                    above.add(branch.counterpart)
+                    below.add(branch.counterpart)
+            for point in points:
+                if any(within(path, point) for path in above) or any(within(point, path) for path in below):
+                    return True
+        return False
 
     def _count(self, now: float, root: str, folder: str | None = None, removal: bool = False) -> None:
         """One change under ``root`` (in ``folder``; None: the root as a whole)."""
@@ -475,7 +542,7 @@ class Core:
                     "refreshing without waiting for it any longer"
                 )
             )
-        if not self.ready and ((self._first_watches_verified() and self.ready_at < float("inf")) or now >= self.ready_at):
+        if not self.ready and ((self._first_watches_set() and self.ready_at < float("inf")) or now >= self.ready_at):
             self._become_ready(actions)
         if now >= self.libraries_at and not self.reading_roots:
             self.libraries_at = now + self.config.jellyfin.library_interval
@@ -498,12 +565,13 @@ class Core:
             wake.append(deadline)
         self.wake_at = min([*wake, self.probing.due_at])
 
-    def _first_watches_verified(self) -> bool:
-        """Every first watch is set up, and its verification has ended: from then on every
-        folder that can be watched is (or its root is polled)."""
-        return not self.first_watches and not any(
-            tracker.verification == "running" for tracker in self.roots.values()
-        )
+    def _first_watches_set(self) -> bool:
+        """Every first watch is set up: watchdog has walked each healthy root and watched
+        every folder it could (or the root is polled). Their verification (which finds the
+        folders inotify silently could not watch) runs on; the status file's ``verified``
+        says when it has ended. ``READY=1`` does not wait for it: at 20,000 folders it is a
+        second walk of the tree, as long as the first."""
+        return not self.first_watches
 
     def _become_ready(self, actions: list[Action]) -> None:
         self.ready = True

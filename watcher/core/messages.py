@@ -54,7 +54,12 @@ class EventsLost:
 
 @dataclass(frozen=True, slots=True)
 class MountsChanged:
-    """Something was mounted, unmounted or remounted in this mount namespace."""
+    """Something was mounted, unmounted or remounted in this mount namespace.
+
+    ``points``: the mount points whose entries in the mount table changed (appeared,
+    disappeared or changed options); None when not known (then every change counts)."""
+
+    points: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,11 @@ watchdog fails silently: a permission-denied folder gets no watch, and past
 ``fs.inotify.max_user_watches`` it skips the rest of the tree without a word (watchdog
 7.1, ``observers/inotify.py``: ``_add_all_callbacks`` ignores the error of each folder but
 the root). So after (re)watching, the folders under each root are listed (in a
-child process with a deadline, like every filesystem access to a root) and compared with
-the watches this process holds, read from the kernel: ``/proc/self/fdinfo/<fd>`` of an
-inotify descriptor has one ``inotify wd:… ino:<hex> sdev:<hex> …`` line per watch
-(proc(5)). ``sdev`` is the kernel's internal device number (major << 20 | minor).
+child process with a deadline, like every filesystem access to a root) and compared, in
+that child, with the watches this process holds, read from the kernel:
+``/proc/<pid>/fdinfo/<fd>`` of an inotify descriptor has one ``inotify wd:… ino:<hex>
+sdev:<hex> …`` line per watch (proc(5)). ``sdev`` is the kernel's internal device number
+(major << 20 | minor). Only the unwatched folders come back to this process.
 
 A folder found unwatched is not yet a problem: one made a moment ago is watched once
 watchdog has handled its creation event, one deleted meanwhile is gone. They are looked at
@@ -27,6 +28,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -39,18 +41,45 @@ from watcher.edges.child import run_child
 MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 
 # Lists every folder under each root without following symlinks (a symlink loop cannot
-# trap it): one line per root with the folders' (device, inode) pairs and the folders that
-# could not be listed. argv: the ignore regex, then the roots. Ignored folders are left out:
-# their changes do not matter, and some are unreadable by design (``lost+found``, root-only
-# on every ext2/3/4 file system, which Jellyfin ignores too).
+# trap it) and compares them with the inotify watches its parent (the daemon) holds, read
+# from /proc/PPID/fdinfo after the walk: one line per root with the number of folders, the
+# unwatched ones as (device, inode, path), and the folders that could not be listed. The
+# comparison is made here so that the daemon never holds every folder's identity and path
+# at once (at 100,000 folders, tens of MiB it would keep from the allocator). argv: the
+# ignore regex, then the roots. Ignored folders are left out: their changes do not matter,
+# and some are unreadable by design (``lost+found``, root-only on every ext2/3/4 file
+# system, which Jellyfin ignores too). Where the parent's fdinfo cannot be read, every
+# folder is reported unwatched and the parent's second look (its own fdinfo) decides.
 _WALK_PROGRAM = r"""
 import json, os, re, sys
 pattern = sys.argv[1]
 ignored = re.compile(pattern, re.IGNORECASE | re.DOTALL).match if pattern else (lambda name: None)
+watch_line = re.compile(rb"^inotify wd:\S+ ino:([0-9a-f]+) sdev:([0-9a-f]+)", re.MULTILINE)
+def watched():
+    found = set()
+    folder = "/proc/%d/fdinfo/" % os.getppid()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return found
+    for name in names:
+        try:
+            with open(folder + name, "rb") as file:
+                text = file.read()
+        except OSError:
+            continue
+        for inode, device in watch_line.findall(text):
+            device = int(device, 16)
+            found.add((os.makedev(device >> 20, device & 0xFFFFF), int(inode, 16)))
+    return found
 for index, root in enumerate(sys.argv[2:]):
-    folders, denied, paths, reasons = [], [], {}, []
+    folders, denied, reasons, gone = {}, [], [], [0]
     def failed(error, path=None):
-        denied.append(path or error.filename)
+        path = path or error.filename
+        if error.errno in (2, 20) and path != root:  # ENOENT, ENOTDIR: deleted or moved meanwhile
+            gone[0] += 1
+            return
+        denied.append(path)
         reasons.append([error.errno, error.strerror])
     for path, names, _ in os.walk(root, onerror=failed):
         names[:] = [name for name in names if not ignored(name)]
@@ -59,10 +88,12 @@ for index, root in enumerate(sys.argv[2:]):
         except OSError as error:
             failed(error, path)
             continue
-        folders.append([status.st_dev, status.st_ino])
-        paths["%d:%d" % (status.st_dev, status.st_ino)] = path
-    sys.stdout.write(json.dumps({"index": index, "folders": folders, "denied": denied[:20],
-                                 "denied_count": len(denied), "paths": paths,
+        folders[(status.st_dev, status.st_ino)] = path
+    held = watched()
+    unwatched = [[key[0], key[1], path] for key, path in folders.items() if key not in held]
+    del held
+    sys.stdout.write(json.dumps({"index": index, "folders": len(folders), "unwatched": unwatched, "gone": gone[0],
+                                 "denied": denied[:20], "denied_count": len(denied),
                                  "reason": reasons[0] if reasons else None}) + "\n")
     sys.stdout.flush()
 """
@@ -91,29 +122,27 @@ SECOND_LOOK_WITHIN = 3.0
 """Seconds the looks may go on while they still find progress (folders watched or gone)."""
 
 
+_WATCH_LINE = re.compile(rb"^inotify wd:\S+ ino:([0-9a-f]+) sdev:([0-9a-f]+)", re.MULTILINE)
+
+
 def watched_inodes(pid: str = "self") -> set[tuple[int, int]]:
-    """(st_dev, inode) of every inotify watch held by process ``pid``, from its fdinfo."""
+    """(st_dev, inode) of every inotify watch held by process ``pid``, from its fdinfo
+    (``inotify wd:… ino:<hex> sdev:<hex> …``, proc(5))."""
     watched: set[tuple[int, int]] = set()
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    fdinfo = f"/proc/{pid}/fdinfo/"
     try:
-        descriptors = list(fdinfo.iterdir())
+        descriptors = os.listdir(fdinfo)
     except OSError:
         return watched
     for descriptor in descriptors:
         try:
-            text = descriptor.read_text()
+            with open(fdinfo + descriptor, "rb") as file:
+                text = file.read()
         except OSError:
             continue
-        for line in text.splitlines():
-            if not line.startswith("inotify wd:"):
-                continue
-            fields = dict(part.split(":", 1) for part in line.split()[1:] if ":" in part)
-            try:
-                kernel_device = int(fields["sdev"], 16)
-                inode = int(fields["ino"], 16)
-            except (KeyError, ValueError):
-                continue
-            watched.add((os.makedev(kernel_device >> 20, kernel_device & 0xFFFFF), inode))
+        for inode, device in _WATCH_LINE.findall(text):
+            kernel_device = int(device, 16)
+            watched.add((os.makedev(kernel_device >> 20, kernel_device & 0xFFFFF), int(inode, 16)))
     return watched
 
 
@@ -199,13 +228,13 @@ def coverage(
     (:func:`_second_look`) before they count. ``fuse``: per root, whether it is on a FUSE
     filesystem; ``limit_failures``: per root, the ENOSPC count of its watch (default 0).
     Folders whose name matches ``ignore_regex`` (:attr:`IgnoreFilter.regex`) are left out,
-    with everything below them. Never raises for a filesystem error: those are part of the
-    result."""
+    with everything below them. The listing and the comparison with this process's watches
+    happen in the child (:data:`_WALK_PROGRAM`): only the unwatched folders come back. Never
+    raises for a filesystem error: those are part of the result."""
     if not roots:
         return []
     lines, _ = run_child(_WALK_PROGRAM, [ignore_regex, *(str(root) for root in roots)], timeout, stop)
     by_index = {int(line["index"]): line for line in lines}  # type: ignore[call-overload]
-    watched = watched_inodes()
     limit = watch_limit()
     results = []
     for index, root in enumerate(roots):
@@ -215,11 +244,12 @@ def coverage(
         if line is None:
             results.append(Coverage(root, 0, 0, complete=False, fuse=on_fuse, limit_failures=refused))
             continue
-        listed: list[list[int]] = line["folders"]  # type: ignore[assignment]
-        folders = [(int(dev), int(ino)) for dev, ino in listed]
-        paths: dict[str, str] = line["paths"]  # type: ignore[assignment]
-        unwatched = {(dev, ino): paths[f"{dev}:{ino}"] for dev, ino in folders if (dev, ino) not in watched}
+        folders = int(line["folders"])  # type: ignore[call-overload]
+        reported: list[list[Any]] = line["unwatched"]  # type: ignore[assignment]
+        unwatched = {(int(dev), int(ino)): str(path) for dev, ino, path in reported}
+        del reported
         vanished = 0
+        gone = int(line.get("gone") or 0)  # type: ignore[call-overload]
         if unwatched:
             unwatched, vanished = _second_look(unwatched, timeout, stop)
         # The watches in use by this user: evidence for the watch limit, and the base of the
@@ -229,15 +259,15 @@ def coverage(
         results.append(
             Coverage(
                 root,
-                folders=len(folders) - vanished,
-                watched=len(folders) - vanished - len(unwatched),
+                folders=folders - vanished,
+                watched=folders - vanished - len(unwatched),
                 unwatched=tuple(sorted(unwatched.values())[:5]),
                 denied=tuple(line["denied"]),  # type: ignore[arg-type]
                 denied_count=int(line["denied_count"]),  # type: ignore[call-overload]
                 denied_errno=int(reason[0] or errno.EACCES),
                 denied_reason=str(reason[1] or ""),
                 limit=limit,
-                vanished=vanished,
+                vanished=vanished + gone,
                 limit_failures=refused,
                 in_use=in_use,
                 fuse=on_fuse,

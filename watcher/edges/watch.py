@@ -33,9 +33,11 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import select
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -43,6 +45,7 @@ from typing import Any
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -72,6 +75,12 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
 
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
+RECONCILE_WITHIN = 1.0
+"""Seconds after a kernel queue overflow by which the watches are re-walked even if events
+keep coming."""
+RECONCILE_QUIET = 0.1
+"""Seconds without an event after which the watches are re-walked after an overflow."""
+
 MOUNTINFO = "/proc/self/mountinfo"
 
 
@@ -94,6 +103,10 @@ class _Handler(FileSystemEventHandler):
         self._put(FileEvent(self._root, kind, os.fsdecode(event.src_path), os.fsdecode(event.dest_path or ""),
                             event.is_directory))
 
+    def deliver(self, kind: str, path: str, is_directory: bool) -> None:
+        """A creation, deletion or close at ``path``, without a watchdog event object."""
+        self._put(FileEvent(self._root, kind, path, "", is_directory))
+
 
 class _TranslatingHandler(FileSystemEventHandler):
     """Hands each event under ``counterpart`` (a root's folder on a mergerfs branch) to the
@@ -115,6 +128,10 @@ class _TranslatingHandler(FileSystemEventHandler):
         source = translate(os.fsdecode(event.src_path), self._counterpart, self._root)
         destination = translate(os.fsdecode(event.dest_path), self._counterpart, self._root) if event.dest_path else ""
         self._put(FileEvent(self._root, kind, source, destination, event.is_directory))
+
+    def deliver(self, kind: str, path: str, is_directory: bool) -> None:
+        """A creation, deletion or close at ``path``, without a watchdog event object."""
+        self._put(FileEvent(self._root, kind, translate(path, self._counterpart, self._root), "", is_directory))
 
 
 class _OverflowHandler(logging.Handler):
@@ -143,32 +160,181 @@ its callback and recovers from it without overflowing again (:class:`_Reconcilin
 None elsewhere: watchdog's native observer is used."""
 
 try:
+    from watchdog.observers import inotify_c
+    from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, ObservedWatch
     from watchdog.observers.inotify import (
         InotifyEmitter,
         InotifyObserver,
         InotifyWatchGroup,
     )
     from watchdog.observers.inotify_c import InotifyFD
+    from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 except Exception:  # not Linux: watchdog's inotify module cannot load
     pass
 else:
 
+    _IN = inotify_c.InotifyConstants
+    _SIMPLE = _IN.IN_CREATE | _IN.IN_DELETE | _IN.IN_CLOSE_WRITE
+    """A lone creation, deletion or close-after-write: what a storm of new files is made of."""
+    _NOT_SIMPLE = (_IN.IN_MOVED_FROM | _IN.IN_MOVED_TO | _IN.IN_DELETE_SELF | _IN.IN_MOVE_SELF | _IN.IN_ATTRIB
+                   | _IN.IN_MODIFY | _IN.IN_Q_OVERFLOW | _IN.IN_IGNORED | _IN.IN_OPEN | _IN.IN_CLOSE_NOWRITE)
+    _SIMPLE_KINDS = {
+        FileCreatedEvent: ("created", False), DirCreatedEvent: ("created", True),
+        FileDeletedEvent: ("deleted", False), DirDeletedEvent: ("deleted", True),
+        FileClosedEvent: ("closed", False),
+    }
+
+    class _Watch:
+        """What watchdog 7.1 keeps per inotify watch (``inotify_c.Watch``: its mask and the
+        callbacks of the watch groups using it), shared by every watch with the same mask
+        and callbacks (one watch group: all of them) and never changed: :class:`_LeanInotifyFD`
+        swaps a watch's entry instead. watchdog makes an object and a dict per watch: at
+        100,000 folders about 30 MiB, here a few shared objects."""
+
+        __slots__ = ("callbacks", "mask")
+
+        def __init__(self, mask: int, callbacks: dict[Any, Any]) -> None:
+            self.mask = mask
+            self.callbacks = callbacks
+
+        @property
+        def is_used(self) -> bool:
+            return bool(self.callbacks)
+
+        def short_str(self) -> str:
+            return f"<watch mask={self.mask:#x}>"
+
+    class _LeanInotifyFD(InotifyFD):
+        """watchdog's inotify instance (its reader thread), with two changes:
+
+        * lean bookkeeping: each watch descriptor maps to a shared :class:`_Watch` (the
+          methods that change a watch's callbacks are replaced; watchdog's others only read
+          them);
+        * the recovery after a kernel queue overflow (the watch groups' re-walk) runs once
+          no event has come for :data:`RECONCILE_QUIET` seconds, or :data:`RECONCILE_WITHIN`
+          seconds after the overflow, instead of at once: in a storm of new files one
+          overflow follows another, and a walk of the whole tree after each one kept the
+          reader from draining the queue, which overflowed again.
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._shared: dict[tuple[Any, ...], _Watch] = {}
+            self._single: dict[tuple[int, Any, int], _Watch] = {}
+            """The shared watch of one callback (a new folder's), without building its key."""
+            self._stale: dict[int, _ReconcilingWatchGroup] = {}
+            self._stale_since = 0.0
+            self._peek = select.poll()  # events waiting, or the stop (watchdog's kill pipe)
+            self._peek.register(self._inotify_fd, select.POLLIN)
+            self._peek.register(self._kill_r, select.POLLIN)
+
+        def _watch(self, mask: int, callbacks: dict[Any, Any]) -> _Watch:
+            key = (mask, *sorted((callback_id, id(callback)) for callback_id, callback in callbacks.items()))
+            watch = self._shared.get(key)
+            if watch is None:
+                watch = self._shared[key] = _Watch(mask, callbacks)
+            return watch
+
+        def add_watch(self, path: bytes, mask: int, callback_id: Any, callback: Any) -> int:
+            """Watch ``path`` for ``callback``; returns the watch descriptor. Raises OSError.
+            Called with ``self._lock`` held."""
+            wd: int = inotify_c.inotify_add_watch(self._inotify_fd, path, mask)
+            if wd == -1:
+                InotifyFD._raise_error()
+            watch = self._watch_for_wd.get(wd)  # type: ignore[call-overload]
+            if watch is None:
+                single = self._single.get((mask, callback_id, id(callback)))
+                if single is None:
+                    single = self._single[(mask, callback_id, id(callback))] = self._watch(mask, {callback_id: callback})
+                self._watch_for_wd[wd] = single  # type: ignore[index,assignment]
+            elif watch.callbacks.get(callback_id) is not callback:
+                self._watch_for_wd[wd] = self._watch(watch.mask, {**watch.callbacks, callback_id: callback})  # type: ignore[index,assignment]
+            return wd
+
+        def _get_or_create_watch(self, path: bytes, mask: Any) -> Any:
+            raise NotImplementedError("_LeanInotifyFD.add_watch replaces it")
+
+        def _add_callback(self, path: bytes, mask: Any, callback: Any, id_: Any) -> Any:
+            return self.add_watch(path, mask, id_, callback)
+
+        def _remove_callback(self, wd: Any, id_: Any) -> None:
+            watch = self._watch_for_wd.get(wd)
+            if watch is None:
+                return
+            if id_ in watch.callbacks:
+                callbacks = {key: value for key, value in watch.callbacks.items() if key != id_}
+                if callbacks:
+                    self._watch_for_wd[wd] = self._watch(watch.mask, callbacks)  # type: ignore[assignment]
+                    return
+            elif watch.callbacks:
+                return
+            self._remove_watch(wd)
+            if inotify_c.inotify_rm_watch(self._inotify_fd, wd) == -1:
+                InotifyFD._raise_error(ignore_invalid_argument=True)
+
+        def handle_event(self, event: Any) -> None:
+            if event.mask & (_IN.IN_Q_OVERFLOW | _IN.IN_IGNORED):
+                super().handle_event(event)
+                return
+            # watchdog copies a watch's callbacks under the lock; here they are never changed
+            # in place (a dict look-up is atomic), so they are read as they are.
+            watch = self._watch_for_wd.get(event.wd)
+            if watch is not None:
+                for callback in watch.callbacks.values():
+                    callback.on_event(event)
+
+        def mark_stale(self, group: _ReconcilingWatchGroup) -> None:
+            """``group`` lost events: re-walk it once the queue is drained (reader thread)."""
+            if not self._stale:
+                self._stale_since = time.monotonic()
+            self._stale[id(group)] = group
+
+        def run(self) -> None:
+            while self.should_keep_running():
+                if self._stale:
+                    left = self._stale_since + RECONCILE_WITHIN - time.monotonic()
+                    if left <= 0 or not self._peek.poll(int(min(left, RECONCILE_QUIET) * 1000)):
+                        groups, self._stale = list(self._stale.values()), {}
+                        for group in groups:
+                            group.reconcile()
+                        continue
+                for event in self.read_events():
+                    self.handle_event(event)
+
     class _ReconcilingWatchGroup(InotifyWatchGroup):
-        """watchdog's recursive watch, with two of its private methods replaced (their
+        """watchdog's recursive watch, with three of its private methods replaced (their
         bookkeeping is watchdog 7.1's own; :func:`_internals_present` checks it is there).
 
         * After a queue overflow it watches the folders it lost track of (made, or moved in,
           while events were lost) and drops the watches of folders that are gone, keeping
           every other watch: watchdog's own recovery removes them all first, and on a large
-          tree their ``IN_IGNORED`` events overflow the queue again, forever.
+          tree their ``IN_IGNORED`` events overflow the queue again, forever. The re-walk
+          waits for the queue to drain (:class:`_LeanInotifyFD`).
         * Registering a folder that is already watched (its creation event arrives after
           the walk of its parent, when a folder tree is copied in) updates the bookkeeping
           silently: watchdog warns, with the repr of the whole watch group in the message
           (every watched path: a megabyte per line on a large library).
+        * The walk that sets the watches up lists each folder once with ``os.scandir``
+          (watchdog's ``os.walk`` + ``os.path.islink`` costs an ``lstat`` more per folder).
         """
 
         on_overflow: Callable[[], None] = staticmethod(lambda: None)
-        """Set by the emitter: called first, on the reader's thread, when events were lost."""
+        """Set by the emitter: called, on the reader's thread, when events were lost."""
+
+        def on_event(self, event: Any) -> None:
+            mask = event.mask
+            if not mask & _SIMPLE or mask & (_NOT_SIMPLE | _IN.IN_ISDIR):
+                super().on_event(event)
+                return
+            # A file's creation, deletion or close: watchdog's on_event without the branches
+            # for moves and new folders that cannot apply.
+            with self._lock:
+                if not self.is_active:
+                    return
+                folder = self._active_callbacks_by_watch.get(event.wd)
+                if folder is not None:
+                    path = os.path.join(folder, event.name) if event.name else folder
+                    self._move_event_grouper.put_event(PathedInotifyEvent(event, path))
 
         def on_queue_overflow(self) -> None:
             self.on_overflow()
@@ -176,11 +342,18 @@ else:
                 if not self.is_active:
                     return
                 self._move_event_grouper.discard_pending_events()
-                if not self.is_recursive:
+                if self.is_recursive:
+                    self._inotify_fd.mark_stale(self)  # type: ignore[attr-defined]
+
+        def reconcile(self) -> None:
+            """Watch the folders made while events were lost, forget those gone meanwhile
+            (the overflow has counted the root as changed as a whole already)."""
+            with self._lock:
+                if not self.is_active:
                     return
                 found = {self.path}
                 pending = [self.path]
-                while pending:  # os.walk + islink, as watchdog walks, costs a third more
+                while pending:
                     try:
                         with os.scandir(pending.pop()) as entries:
                             for entry in entries:
@@ -201,12 +374,27 @@ else:
                 for path in found - by_path.keys():
                     self._add_callback(path)  # a folder that vanished meanwhile is skipped
 
+        def _add_all_callbacks(self, path: bytes) -> None:
+            is_dir = os.path.isdir(path)
+            self._add_callback(path)
+            if not (is_dir and self.is_recursive):
+                return
+            pending = [path]
+            while pending:
+                try:
+                    with os.scandir(pending.pop()) as entries:
+                        for entry in entries:
+                            if entry.is_dir(follow_symlinks=self.follow_symlink):
+                                self._add_callback(entry.path)
+                                pending.append(entry.path)
+                except OSError:  # gone meanwhile, or unreadable: watchdog skips it too
+                    continue
+
         def _add_callback(self, path: bytes) -> None:
             inotify = self._inotify_fd
             try:
                 with inotify._lock:
-                    watch = inotify._get_or_create_watch(path, self.event_mask)
-                    watch.callbacks[self._id] = self._callback
+                    wd = inotify.add_watch(path, self.event_mask, self._id, self._callback)  # type: ignore[attr-defined]
             except OSError as error:
                 # Folders may vanish or turn unreadable while the tree is walked; the root
                 # itself must be watched or the caller told.
@@ -215,16 +403,36 @@ else:
                 if error.errno == errno.ENOSPC:
                     _limit_failures[self.path] = _limit_failures.get(self.path, 0) + 1
                 return
-            old = self._active_callbacks_by_watch.get(watch.wd)
-            if old is not None and old != path and self._active_callbacks_by_path.get(old) == watch.wd:
+            old = self._active_callbacks_by_watch.get(wd)
+            if old is not None and old != path and self._active_callbacks_by_path.get(old) == wd:
                 del self._active_callbacks_by_path[old]  # the folder was renamed
-            self._active_callbacks_by_path[path] = watch.wd
-            self._active_callbacks_by_watch[watch.wd] = path
+            self._active_callbacks_by_path[path] = wd
+            self._active_callbacks_by_watch[wd] = path
 
     class _ReconcilingEmitter(InotifyEmitter):
-        def __init__(self, *args: Any, on_overflow: Callable[[], None], **kwargs: Any) -> None:
+        """Builds a :class:`_ReconcilingWatchGroup`, and hands each wanted event straight to
+        the handler of its watch (on this thread), instead of through the observer's queue
+        and thread (watchdog's ``EventQueue``, which compares each event with the last one,
+        and ``dispatch_events``): one thread and one queue less per event.
+
+        A lone creation, deletion or close-after-write (what a storm of new files is made
+        of) reaches a handler of this module as its kind and path
+        (``deliver(kind, path, is_directory)``), without the two watchdog event objects
+        ``build_and_queue_event`` makes for it (the second, the parent folder's
+        ``DirModifiedEvent``, is not wanted); moves and everything else take watchdog's way.
+        """
+
+        def __init__(self, *args: Any, on_overflow: Callable[[], None],
+                     deliveries: dict[str, FileSystemEventHandler], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._on_overflow = on_overflow
+            handler = deliveries.get(self.watch.path)
+            self._deliver = handler.on_any_event if handler is not None else None
+            self._wanted = frozenset(self._event_filter or ())
+            self._simple: Callable[[str, str, bool], None] | None = getattr(handler, "deliver", None)
+            self._simple_kinds = frozenset(_SIMPLE_KINDS[cls] for cls in self._wanted if cls in _SIMPLE_KINDS)
+            if DirModifiedEvent in self._wanted or not isinstance(self.watch.path, str):
+                self._simple = None
 
         def on_thread_start(self) -> None:
             group = _ReconcilingWatchGroup(
@@ -237,22 +445,53 @@ else:
             group.on_overflow = self._on_overflow
             self._inotify = group
 
+        def build_and_queue_event(self, event: Any, *, full_events: bool = False) -> None:
+            simple = self._simple
+            if simple is not None and isinstance(event, PathedInotifyEvent):
+                mask = event.ev.mask
+                if mask & _SIMPLE and not mask & _NOT_SIMPLE:
+                    is_directory = bool(mask & _IN.IN_ISDIR)
+                    kind = "created" if mask & _IN.IN_CREATE else "deleted" if mask & _IN.IN_DELETE else "closed"
+                    if (kind, is_directory) in self._simple_kinds:
+                        simple(kind, os.fsdecode(event.path), is_directory)
+                    return  # a folder's close-after-write is no event in watchdog either
+            super().build_and_queue_event(event, full_events=full_events)
+
+        def queue_event(self, event: FileSystemEvent) -> None:
+            if self._deliver is None:
+                super().queue_event(event)
+            elif event.__class__ in self._wanted:
+                self._deliver(event)
+
     class _InotifyObserver(InotifyObserver):
         def __init__(self, on_overflow: Callable[[], None]) -> None:
-            super().__init__()
-            self._emitter_class = _ReconcilingEmitter
-            self._emitter_kwargs["on_overflow"] = on_overflow
+            # InotifyObserver.__init__ with this module's inotify instance and emitter.
+            self._inotify_fd = _LeanInotifyFD()
+            self._inotify_fd.start()
+            self._deliveries: dict[str, FileSystemEventHandler] = {}
+            BaseObserver.__init__(self, _ReconcilingEmitter, timeout=DEFAULT_OBSERVER_TIMEOUT, inotify_fd=self._inotify_fd,
+                                  on_overflow=on_overflow, deliveries=self._deliveries)
+
+        def schedule(self, event_handler: FileSystemEventHandler, path: str | Path, *, recursive: bool = False,
+                     event_filter: list[type[FileSystemEvent]] | None = None, follow_symlink: bool = False) -> ObservedWatch:
+            self._deliveries[str(path)] = event_handler
+            return super().schedule(event_handler, path, recursive=recursive, event_filter=event_filter,
+                                    follow_symlink=follow_symlink)
 
     def _internals_present() -> bool:
         """Whether this watchdog has the private parts the replacements build on (7.1 does);
         with another version the watcher falls back to watchdog's own observer."""
         group = ("_lock", "_move_event_grouper", "_active_callbacks_by_path", "_active_callbacks_by_watch",
-                 "_remove_callbacks", "_inotify_fd", "_id", "_callback")
+                 "_remove_callbacks", "_inotify_fd", "_id", "_callback", "_add_all_callbacks")
         fields = getattr(InotifyWatchGroup, "__dataclass_fields__", {})
         return (
             all(name in fields or hasattr(InotifyWatchGroup, name) for name in group)
-            and hasattr(InotifyFD, "_get_or_create_watch")
+            and all(hasattr(InotifyFD, name) for name in ("_add_callback", "_remove_callback", "_remove_watch",
+                                                            "_raise_error", "read_events", "handle_event"))
+            and {"_watch_for_wd", "_inotify_fd", "_lock", "_kill_r"} <= set(InotifyFD.__init__.__code__.co_names)
+            and hasattr(inotify_c, "inotify_add_watch") and hasattr(inotify_c, "inotify_rm_watch")
             and hasattr(InotifyEmitter, "get_event_mask_from_filter")
+            and hasattr(InotifyObserver, "on_thread_stop")
         )
 
     if Observer is InotifyObserver and _internals_present():
@@ -403,7 +642,10 @@ def _stop_quietly(observer: BaseObserver, timeout: float = 5.0) -> bool:
 
 
 class MountMonitor:
-    """Puts :class:`MountsChanged` on the queue whenever the mount table changes.
+    """Puts :class:`MountsChanged` on the queue whenever the mount table changes, with the
+    mount points whose lines changed (the decision core probes the roots only for changes
+    that can concern them: on a busy machine, containers and test suites mount and unmount
+    all the time, and each probe is a child process).
 
     ``/proc/self/mountinfo`` signals ``POLLPRI | POLLERR`` on every mount, umount, bind,
     remount and lazy umount in this mount namespace, and not otherwise (proc(5),
@@ -440,7 +682,7 @@ class MountMonitor:
 
     def _run(self) -> None:
         with open(self._path, "rb") as mountinfo:
-            mountinfo.read()
+            lines = set(mountinfo.read().splitlines())
             poller = select.poll()
             poller.register(mountinfo.fileno(), select.POLLPRI | select.POLLERR)
             poller.register(self._wake_read, select.POLLIN)
@@ -449,5 +691,22 @@ class MountMonitor:
                 if any(descriptor == self._wake_read for descriptor, _ in ready):
                     return
                 mountinfo.seek(0)
-                mountinfo.read()
-                self._queue.put(MountsChanged())
+                now = set(mountinfo.read().splitlines())
+                points = changed_mount_points(lines ^ now)
+                lines = now
+                self._queue.put(MountsChanged(points))
+
+
+_ESCAPED = re.compile(rb"\\([0-7]{3})")
+
+
+def changed_mount_points(lines: Iterable[bytes]) -> frozenset[str] | None:
+    """The mount points (field 5) of ``/proc/self/mountinfo`` lines, their octal escapes
+    (``\\040`` for a space, proc(5)) undone; None if a line cannot be read."""
+    points = set()
+    for line in lines:
+        fields = line.split(b" ", 5)
+        if len(fields) < 5:
+            return None
+        points.add(os.fsdecode(_ESCAPED.sub(lambda match: bytes([int(match.group(1), 8)]), fields[4])))
+    return frozenset(points)

@@ -20,7 +20,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher.config import Config, Root
 from watcher.core.coverage import Coverage
@@ -58,17 +58,18 @@ from watcher.core.messages import (
 )
 from watcher.core.scope import RefreshRequest
 from watcher.edges.automount import MountHolder
-from watcher.edges.backup import BackupUnavailable, create_backup
-from watcher.edges.jellyfin import JellyfinClient
-from watcher.edges.poll import RootPoller
-from watcher.edges.predict import predict
 from watcher.edges.probe import probe_roots
-from watcher.edges.serverview import check_roots
 from watcher.edges.state import StateStore
 from watcher.edges.verify import coverage
 from watcher.edges.watch import RootWatcher
-from watcher.edges.writes import check_writes
 from watcher.errors import JellyfinError, WatcherError
+
+if TYPE_CHECKING:
+    from watcher.edges.jellyfin import JellyfinClient
+    from watcher.edges.poll import RootPoller
+
+# Imported by the jobs that use them, on their worker: polling, the open-file check and
+# everything that talks to Jellyfin (the HTTP client) are not needed before the first watch.
 
 logger = logging.getLogger("watcher.service")
 
@@ -245,6 +246,8 @@ class Executor:
             # request to the server each): minutes on a large library. A hung share is the
             # health probe's to report; the cycle's deadline only ends a child that is stuck.
             timeout = max(self.config.watch.probe_timeout, VERIFY_TIMEOUT, POLL_TIMEOUT_INTERVALS * watch.poll_interval)
+            from watcher.edges.poll import RootPoller
+
             poller = RootPoller(watch.root.path, watch.poll_interval, timeout, IgnoreFilter(self.config.watch.ignore).regex,
                                 self._put, watch.poll_method)
             self._pollers[key] = poller
@@ -287,6 +290,8 @@ class Executor:
         return Verified(str(root.path), ticket, result)
 
     def _check_writes(self, paths: tuple[str, ...]) -> WritesChecked:
+        from watcher.edges.writes import check_writes
+
         checks, complete = check_writes(paths, stop=self._stop)
         return WritesChecked(checks, complete)
 
@@ -320,6 +325,8 @@ class Executor:
             return JobFailed("AskScan", error)
 
     def _predict(self, library_ids: frozenset[str] | None) -> Predicted | JobFailed:
+        from watcher.edges.predict import predict
+
         client = self._need_client()
         config = self.config
         try:
@@ -336,6 +343,8 @@ class Executor:
             return JobFailed("Predict", error)
 
     def _check_views(self, healths: tuple[Health, ...], folders: frozenset[str]) -> ViewsChecked | JobFailed:
+        from watcher.edges.serverview import check_roots
+
         client = self._need_client()
         try:
             return ViewsChecked(check_roots(client, self.config, healths, folders, self._stop))
@@ -343,6 +352,8 @@ class Executor:
             return JobFailed("CheckViews", error)
 
     def _back_up(self, removals: int) -> BackedUp:
+        from watcher.edges.backup import BackupUnavailable, create_backup
+
         client = self._need_client()
         config = self.config
         try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 
 import pytest
-from support import REPO, TmpfsMount, wait_until
+from support import REPO, BindFS, TmpfsMount, wait_until
 from test_core_machine import CONFIG, MOVIES, QUIET, Daemon, healthy, of
 
 from watcher.config import Root
@@ -39,7 +39,8 @@ from watcher.core.messages import (
     Tick,
 )
 from watcher.core.state import SavedState
-from watcher.edges.watch import MountMonitor, RootWatcher
+from watcher.edges.verify import watched_inodes
+from watcher.edges.watch import MountMonitor, RootWatcher, _subfolders_counted
 
 WAIT = 15.0
 
@@ -204,6 +205,49 @@ def test_creations_closes_deletions_and_moves_reach_the_queue_as_watchdog_report
         ("deleted", "/Film/b.mkv", "", False),
         ("deleted", "/Film", "", True),
     ], seen
+
+
+@pytest.mark.root_only("bindfs")
+def test_only_folders_with_sub_folders_are_listed_where_the_filesystem_counts_them(tmp_path: Path) -> None:
+    """The walk that sets the watches up skips listing a folder whose link count says it has
+    no sub-folder, only on filesystems that keep that count (tmpfs here; not FUSE), and only
+    on the root's own device (a disk mounted below the root is listed). Every folder is
+    watched all the same, and a folder made in such a leaf afterwards is watched too."""
+    with TmpfsMount(tmp_path / "media") as disk:
+        root = disk.mount_point
+        (root / "Show" / "Season 1").mkdir(parents=True)
+        (root / "Film").mkdir()
+        (root / "usb").mkdir()
+        assert os.stat(root / "Film").st_nlink == 2  # a leaf, as tmpfs counts
+        assert _subfolders_counted(os.fsencode(root)) == os.stat(root).st_dev
+        with BindFS(root, tmp_path / "fuse") as fuse:
+            assert _subfolders_counted(os.fsencode(fuse.mount_point)) is None
+        with TmpfsMount(root / "usb") as usb:
+            (usb.mount_point / "Album" / "CD 1").mkdir(parents=True)
+            folders = {(status.st_dev, status.st_ino) for status in
+                       map(os.stat, [path for path in [root, *root.rglob("*")] if path.is_dir()])}
+            assert len(folders) == 7  # the root, Show, Season 1, Film, usb (the disk), Album, CD 1
+            events: SimpleQueue[object] = SimpleQueue()
+            with RootWatcher(events.put) as watcher:
+                assert watcher.watch(root) is None
+                assert folders <= watched_inodes(), "a folder went unwatched"
+                (root / "Film" / "Extras").mkdir()
+                wait_until(lambda: (os.stat(root / "Film" / "Extras").st_dev,
+                                    os.stat(root / "Film" / "Extras").st_ino) in watched_inodes(), WAIT,
+                           message="a folder made in a leaf folder was never watched")
+                (root / "Film" / "Extras" / "a.mkv").write_bytes(b"x")
+                seen: list[str] = []
+
+                def closed() -> bool:
+                    while True:
+                        try:
+                            item = events.get_nowait()
+                        except Empty:
+                            return str(root / "Film" / "Extras" / "a.mkv") in seen
+                        if isinstance(item, FileEvent) and item.kind == "closed":
+                            seen.append(item.path)
+
+                wait_until(closed, WAIT, message=f"no event from the new folder; closes seen: {seen}")
 
 
 # --- start-up ------------------------------------------------------------------------------------

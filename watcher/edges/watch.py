@@ -212,9 +212,10 @@ else:
           them);
         * the recovery after a kernel queue overflow (the watch groups' re-walk) runs once
           no event has come for :data:`RECONCILE_QUIET` seconds, or :data:`RECONCILE_WITHIN`
-          seconds after the overflow, instead of at once: in a storm of new files one
-          overflow follows another, and a walk of the whole tree after each one kept the
-          reader from draining the queue, which overflowed again.
+          seconds (four times the last re-walk's, if longer) after the overflow, instead of
+          at once: in a storm of new files one overflow follows another, and a walk of the
+          whole tree after each one kept the reader from draining the queue, which overflowed
+          again (at 100,000 folders a walk takes about a second).
         """
 
         def __init__(self) -> None:
@@ -224,6 +225,9 @@ else:
             """The shared watch of one callback (a new folder's), without building its key."""
             self._stale: dict[int, _ReconcilingWatchGroup] = {}
             self._stale_since = 0.0
+            self.walked = 0.0
+            """Seconds the last walk of the watched trees took (the set-up, a re-walk): in a
+            storm that goes on, re-walks take at most a fifth of the reader's time."""
             self._peek = select.poll()  # events waiting, or the stop (watchdog's kill pipe)
             self._peek.register(self._inotify_fd, select.POLLIN)
             self._peek.register(self._kill_r, select.POLLIN)
@@ -292,11 +296,13 @@ else:
         def run(self) -> None:
             while self.should_keep_running():
                 if self._stale:
-                    left = self._stale_since + RECONCILE_WITHIN - time.monotonic()
+                    left = self._stale_since + max(RECONCILE_WITHIN, 4 * self.walked) - time.monotonic()
                     if left <= 0 or not self._peek.poll(int(min(left, RECONCILE_QUIET) * 1000)):
                         groups, self._stale = list(self._stale.values()), {}
+                        began = time.monotonic()
                         for group in groups:
                             group.reconcile()
+                        self.walked = time.monotonic() - began
                         continue
                 for event in self.read_events():
                     self.handle_event(event)
@@ -353,13 +359,15 @@ else:
                     return
                 found = {self.path}
                 pending = [self.path]
+                counted = self._subfolders_device()
                 while pending:
                     try:
                         with os.scandir(pending.pop()) as entries:
                             for entry in entries:
                                 if entry.is_dir(follow_symlinks=self.follow_symlink):
                                     found.add(entry.path)
-                                    pending.append(entry.path)
+                                    if not self._without_subfolders(entry.path, counted):
+                                        pending.append(entry.path)
                     except OSError:  # gone meanwhile, or unreadable: not watchable either
                         continue
                 by_path, by_watch = self._active_callbacks_by_path, self._active_callbacks_by_watch
@@ -375,20 +383,56 @@ else:
                     self._add_callback(path)  # a folder that vanished meanwhile is skipped
 
         def _add_all_callbacks(self, path: bytes) -> None:
+            if path == self.path and isinstance(self._inotify_fd, _LeanInotifyFD):
+                # The set-up walk: how long a re-walk after an overflow will take, about.
+                began = time.monotonic()
+                self._add_all(path)
+                self._inotify_fd.walked = max(self._inotify_fd.walked, time.monotonic() - began)
+            else:
+                self._add_all(path)
+
+        def _add_all(self, path: bytes) -> None:
             is_dir = os.path.isdir(path)
             self._add_callback(path)
             if not (is_dir and self.is_recursive):
                 return
             pending = [path]
+            counted = self._subfolders_device()
             while pending:
                 try:
                     with os.scandir(pending.pop()) as entries:
                         for entry in entries:
                             if entry.is_dir(follow_symlinks=self.follow_symlink):
                                 self._add_callback(entry.path)
-                                pending.append(entry.path)
+                                # Watched first: a sub-folder made from now on is reported.
+                                if not self._without_subfolders(entry.path, counted):
+                                    pending.append(entry.path)
                 except OSError:  # gone meanwhile, or unreadable: watchdog skips it too
                     continue
+
+        def _subfolders_device(self) -> int | None:
+            """:func:`_subfolders_counted` for the watched root, looked up once per watch
+            group (new folders are walked on every creation: the mount table is not read
+            each time). A folder on another device (a disk mounted below the root) is
+            listed whatever its link count."""
+            try:
+                counted: int | None = self.__dict__["_subfolders_counted"]
+            except KeyError:
+                counted = self.__dict__["_subfolders_counted"] = _subfolders_counted(self.path)
+            return counted
+
+        def _without_subfolders(self, path: bytes, counted: int | None) -> bool:
+            """Whether the folder ``path`` has no sub-folder, known from its link count
+            alone (``counted``: the device on which a folder's link count is 2 + its number
+            of sub-folders, see :func:`_subfolders_counted`): such a folder (most of a
+            library's: an album's, a season's) need not be listed to find folders to watch."""
+            if counted is None:
+                return False
+            try:
+                status = os.stat(path, follow_symlinks=self.follow_symlink)
+            except OSError:
+                return False
+            return status.st_nlink == 2 and status.st_dev == counted
 
         def _add_callback(self, path: bytes) -> None:
             inotify = self._inotify_fd
@@ -496,6 +540,34 @@ else:
 
     if Observer is InotifyObserver and _internals_present():
         _reconciling_observer = _InotifyObserver
+
+
+SUBFOLDERS_COUNTED = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
+"""Filesystems on which a folder's link count is 2 plus its number of sub-folders (each
+sub-folder's ``..`` links to it): Linux's ext2/3/4 (``ext4_inc_count``; with ``dir_nlink`` a
+folder past 65,000 sub-folders counts 1, which reads as "unknown"), XFS and tmpfs
+(``shmem_mkdir``). Not btrfs (always 1), not FUSE, NFS or SMB, whose counts come from
+elsewhere: there every folder is listed. GNU find's ``-noleaf`` documents the same
+convention."""
+
+
+def _subfolders_counted(path: bytes) -> int | None:
+    """The device of ``path`` (``st_dev``) when its filesystem is one of
+    :data:`SUBFOLDERS_COUNTED` per ``/proc/self/mountinfo`` (field 3, ``major:minor``; the
+    type after ``-``, proc(5)), else None. Never blocks on a hung mount: the tree is being
+    walked anyway, and the mount table is read from memory."""
+    try:
+        device = os.stat(path).st_dev
+        wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+        types = set()
+        with open(MOUNTINFO, "rb") as mountinfo:
+            for line in mountinfo:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and b"-" in fields:
+                    types.add(os.fsdecode(fields[fields.index(b"-") + 1]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return device if types and types <= SUBFOLDERS_COUNTED else None
 
 
 class RootWatcher:

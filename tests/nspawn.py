@@ -24,7 +24,16 @@
   programs either; with both, systemd in the container enforces ``IPAddressDeny=`` and
   ``IPAddressAllow=`` as on a real host (without them it logs "the local system does not
   support BPF/cgroup firewalling" and lets everything through);
-* ``--link-journal=no``: the container's journal stays inside it.
+* ``--link-journal=no``: the container's journal stays inside it;
+* ``--bind=<device>`` for each host device node the caller names (``devices=``), e.g.
+  ``/dev/autofs``: nspawn's own ``/dev`` holds a fixed few nodes (``null``, ``zero``, ``full``,
+  ``random``, ``urandom``, ``tty``, ``net/tun``, the console and pseudo-terminals), and
+  without ``/dev/autofs`` systemd refuses ``.automount`` units ("Operation on or unit type of
+  srv-nas.automount not supported on this system": ``src/core/automount.c``,
+  ``automount_supported()``, checked once when the manager starts, so the node must be there
+  at boot). Where nspawn puts the container in a scope of the host's systemd (no
+  ``--keep-unit``), that scope's device policy is closed; ``--property=DeviceAllow=`` opens it
+  for those nodes.
 
 Commands run inside with the container's own binaries and a clean environment
 (:meth:`Container.run`); files are read and written through ``/proc/<pid of its init>/root``
@@ -189,8 +198,10 @@ class Container:
     :meth:`close`.
     """
 
-    def __init__(self, rootfs: Path, workdir: Path, name: str) -> None:
+    def __init__(self, rootfs: Path, workdir: Path, name: str, devices: Sequence[str] = ()) -> None:
         self.rootfs = rootfs
+        self.devices = tuple(devices)
+        """Host device nodes bound into the container's ``/dev`` at boot (read and write)."""
         self.workdir = workdir
         self.name = name
         self.merged = workdir / "merged"
@@ -227,8 +238,11 @@ class Container:
             "--machine", self.name, "--boot", "--console=read-only", "--link-journal=no",
             "--system-call-filter=bpf",
         ]
+        command += [f"--bind={device}" for device in self.devices]
         if not _host_runs_systemd():
             command.append("--keep-unit")
+        else:
+            command += [f"--property=DeviceAllow={device} rw" for device in self.devices]
         environ = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         with open(self._log, "wb") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

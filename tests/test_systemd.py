@@ -16,7 +16,9 @@ network) and sees the media through ``/proc/<pid of the container's init>/root``
 exactly as the container sees it, mounts included: a scan while disk A is away really
 deletes A's items (each unmount test shows that with a control scan), so "items lost 0"
 means the service held the refresh. The watcher maps Jellyfin's paths with ``[[path_map]]``,
-as it would for a Jellyfin in a container.
+as it would for a Jellyfin in a container. One test adds a share behind an fstab
+``x-systemd.automount`` line at ``/srv/nas`` (another ext4 image on a loop device; the
+container gets the host's ``/dev/autofs`` for it, see ``tests/nspawn.py``).
 
 Every check asserts an outcome systemd or the emulator reports: ``systemctl show``
 properties, journal lines, exit codes, refresh counts, items lost. Nothing sleeps to let
@@ -82,6 +84,8 @@ DYNAMIC_UIDS = range(61184, 65520)
 """UIDs systemd allocates for ``DynamicUser=`` (systemd.exec(5), "DynamicUser=")."""
 CONFIG_DIR = "/etc/jellyfin-watcher"
 STATE_DIR = "/var/lib/jellyfin-watcher"
+AUTOFS_DEVICE = "/dev/autofs"
+"""The kernel's autofs control device: systemd runs ``.automount`` units only where it exists."""
 
 
 def _eventually(predicate: Callable[[], _T | None], timeout: float, message: str = "") -> _T:
@@ -170,7 +174,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     try:
         with nspawn.cached_rootfs() as rootfs:
             built = time.monotonic()
-            container = nspawn.Container(rootfs, work / "container", f"jw-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+            container = nspawn.Container(rootfs, work / "container", f"jw-test-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+                                         devices=[AUTOFS_DEVICE] if os.path.exists(AUTOFS_DEVICE) else [])
             try:
                 merged = container.mount_overlay()
                 shutil.copytree(work / "wheels", merged / "var" / "tmp" / "wheels")
@@ -736,6 +741,220 @@ try:
 except OSError as error:
     print(error.strerror or error)
 """
+
+
+# --- a share behind x-systemd.automount --------------------------------------------------------
+
+NAS = "/srv/nas"
+"""Where the share is automounted in the container (an fstab line with ``x-systemd.automount``)."""
+NAS_ROOT = f"{NAS}/movies"
+NAS_DEVICE = "/var/tmp/test-nas"
+"""The share's block device node, outside ``/dev``: in a container (``/sys`` read-only)
+systemd-fstab-generator skips every fstab line that names a device under ``/dev`` or ``/sys``
+("Running in a container, ignoring fstab device entry for ...", ``src/fstab-generator/fstab-generator.c``),
+where device nodes are normally absent; this one is there."""
+NAS_AUTOMOUNT = "srv-nas.automount"
+"""``systemd-escape --path --suffix=automount /srv/nas``; the share's mount unit is ``srv-nas.mount``."""
+NAS_MOUNT = "srv-nas.mount"
+IDLE = "/srv/idle"
+"""A control automount (tmpfs) with the share's idle timeout, which nothing holds: its
+expiry shows that an idle timeout has passed."""
+IDLE_AUTOMOUNT = "srv-idle.automount"
+NAS_FILMS = ("On The Share (2010)", "Also On The Share (2011)")
+NAS_WORK = "/var/tmp/jellyfin-watcher-nas"
+"""The command line's configuration and state for the share (not the service's)."""
+_REQUEST = re.compile(rf"Got automount request for {re.escape(NAS)}, triggered by (\d+) \((.*)\)")
+"""What systemd logs when a process of the container looks the automount point up
+(``src/core/automount.c``, ``automount_dispatch_io()``). A process outside the container's
+pid namespace, such as the emulator on the host, sends no request at all: its look-up fails
+with ``ENOENT`` (the kernel's ``fs/autofs/waitq.c``, ``autofs_wait()``: "we are in an
+unrelated pid namespace")."""
+
+
+@dataclass
+class Share:
+    """The automounted share, seen from the host through the container's mount table."""
+
+    machine: Machine
+
+    def top(self, point: str = NAS) -> tuple[int, str] | None:
+        """(mount ID, filesystem type) of the mount on top at ``point`` in the container:
+        ``autofs`` while the share is not mounted, ``ext4`` once it is; None if neither."""
+        assert self.machine.container.leader is not None
+        with open(f"/proc/{self.machine.container.leader}/mountinfo", encoding="utf-8") as table:
+            rows = [line.split() for line in table if line.split()[4] == point]
+        under = {row[1] for row in rows}  # parent IDs: a mount stacked on another names it
+        tops = [(int(row[0]), row[row.index("-") + 1]) for row in rows if row[0] not in under]
+        return tops[-1] if tops else None
+
+    def fstype(self, point: str = NAS) -> str | None:
+        top = self.top(point)
+        return top[1] if top else None
+
+    def wait_expired(self, point: str = NAS) -> None:
+        """Until the idle automount at ``point`` has been unmounted again (only autofs left)."""
+        wait_until(lambda: self.fstype(point) == "autofs", WAIT, interval=0.1,
+                   message=f"the idle automount {point} did not expire: {self.top(point)}")
+
+    def idle_timeout_passes(self) -> None:
+        """Until systemd has expired the control automount :data:`IDLE`, looked up now, twice
+        over: two idle timeouts have passed, and systemd has checked its automounts for
+        expiry after each."""
+        for _ in range(2):
+            self.machine.container.run("ls", IDLE)  # the look-up mounts it
+            assert self.fstype(IDLE) == "tmpfs"
+            self.wait_expired(IDLE)
+
+    def journal(self, after: str | None) -> list[str]:
+        """systemd's lines about the share after the cursor ``after``. Not filtered by
+        ``journalctl --unit``: with a match, ``--after-cursor`` also skips the first matching
+        entry when the cursor's own entry does not match (systemd 252 steps two entries past
+        the cursor)."""
+        return [line for line in self.machine.container.journal(after=after) if NAS in line or "srv-nas." in line]
+
+    def wait_for(self, pattern: re.Pattern[str], after: str) -> re.Match[str]:
+        """The first of systemd's lines about the share after the cursor ``after`` that ``pattern`` searches."""
+        def found() -> re.Match[str] | None:
+            return next((match for line in self.journal(after) if (match := pattern.search(line))), None)
+
+        try:
+            return _eventually(found, WAIT)
+        except AssertionError:
+            raise AssertionError(f"no line matching {pattern.pattern!r} about {NAS} within {WAIT:g} s:\n"
+                                 + "\n".join(self.journal(after)[-20:])) from None
+
+    def wait_for_request(self, after: str) -> re.Match[str]:
+        """systemd's line for the first look-up after the cursor ``after`` that made it mount the share."""
+        return self.wait_for(_REQUEST, after)
+
+
+@pytest.fixture
+def nas(machine: Machine, tmp_path: Path) -> Iterator[Share]:
+    """An ext4 image holding two films under ``movies/`` (a loop device of the host), behind
+    the fstab line ``noauto,x-systemd.automount,x-systemd.idle-timeout=1`` at :data:`NAS`,
+    ``daemon-reload`` run and the automount unit started; the share itself not mounted yet."""
+    container = machine.container
+    if not container.path(AUTOFS_DEVICE).exists():
+        pytest.skip(f"this host has no {AUTOFS_DEVICE} to give the container (the autofs module is not "
+                    "loaded: modprobe autofs4), and systemd runs no .automount unit without it")
+    seed = tmp_path / "nas"
+    for title in NAS_FILMS:
+        file = seed / "movies" / title / f"{title}.mkv"
+        file.parent.mkdir(parents=True)
+        file.write_bytes(b"\x1aE\xdf\xa3 not really a film")
+    for folder in (seed, *seed.rglob("*")):
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    image = tmp_path / "nas.img"
+    with open(image, "wb") as file:
+        file.truncate(16 * 1024 * 1024)
+    made = _host("mkfs.ext4", "-q", "-F", "-m", "0", "-d", str(seed), str(image))
+    assert made.returncode == 0, made.stderr
+    attached = _host("losetup", "--find", "--show", str(image))
+    if attached.returncode != 0:
+        pytest.skip(f"cannot attach a loop device for the share: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    fstab = container.path("/etc/fstab")
+    original = fstab.read_text()
+    share = Share(machine)
+    try:
+        os.mknod(container.path(NAS_DEVICE), 0o600 | stat.S_IFBLK, os.stat(device).st_rdev)
+        fstab.write_text(original + f"{NAS_DEVICE} {NAS} ext4 noauto,x-systemd.automount,x-systemd.idle-timeout=1 0 0\n"
+                         f"tmpfs {IDLE} tmpfs noauto,x-systemd.automount,x-systemd.idle-timeout=1 0 0\n")
+        container.run("systemctl", "daemon-reload")
+        container.run("systemctl", "start", NAS_AUTOMOUNT, IDLE_AUTOMOUNT)
+        shown = container.run("systemctl", "show", NAS_AUTOMOUNT, "--property=ActiveState,SubState,TimeoutIdleUSec").stdout
+        assert sorted(shown.split()) == ["ActiveState=active", "SubState=waiting", "TimeoutIdleUSec=1s"], shown
+        assert share.fstype() == "autofs"
+        container.write(f"{NAS_WORK}/config.toml", f'state_dir = "{NAS_WORK}/state"\n\n[[roots]]\npath = "{NAS_ROOT}"\n')
+        yield share
+    finally:
+        container.run("systemctl", "stop", UNIT, check=False)  # the service holds the share open
+        container.run("systemctl", "stop", NAS_AUTOMOUNT, NAS_MOUNT, IDLE_AUTOMOUNT, "srv-idle.mount", check=False)
+        for point in (NAS, IDLE):
+            for _ in range(3):  # whatever is left (a failed stop), lazily
+                if share.top(point) is None:
+                    break
+                container.run("umount", "-l", point, check=False)
+        fstab.write_text(original)
+        container.run("systemctl", "daemon-reload", check=False)
+        container.run("systemctl", "reset-failed", NAS_AUTOMOUNT, NAS_MOUNT, IDLE_AUTOMOUNT, "srv-idle.mount", check=False)
+        container.run("rm", "-rf", NAS_DEVICE, NAS_WORK, check=False)
+        container.run("rmdir", NAS, IDLE, check=False)
+        _host("losetup", "--detach", device)
+
+
+def _nas_config(jellyfin: JellyfinEmulator, machine: Machine) -> str:
+    return f"""\
+log_level = "info"
+
+[jellyfin]
+url = "{jellyfin.url}"
+
+[watch]
+quiet_period = 1
+settle = 1
+
+[[roots]]
+path = "{NAS_ROOT}"
+
+[[path_map]]
+jellyfin = "{machine.jellyfin_path(NAS)}"
+local = "{NAS}"
+"""
+
+
+def test_x_systemd_automount_share_is_mounted_by_the_probe_and_refreshed_while_held(
+        nas: Share, system_service: Service, machine: Machine, jellyfin: JellyfinEmulator) -> None:
+    container = machine.container
+    config = f"{NAS_WORK}/config.toml"
+
+    # The command line: its probe's look-up makes systemd mount the share.
+    mark = container.journal_cursor()
+    learned = container.run(COMMAND, "refresh", "--dry-run", "--config", config, check=False)
+    assert learned.returncode == 0, learned
+    assert int(nas.wait_for_request(mark).group(1)) > 0  # asked by a process of the container
+    saved = _read_json(container.path(f"{NAS_WORK}/state/state.json"))
+    assert saved is not None and saved["mounts"] == {NAS_ROOT: NAS}, saved
+
+    # Idle for a second: systemd unmounts it. Expired is not unmounted: the check mounts it again.
+    nas.wait_expired()
+    mark = container.journal_cursor()
+    checked = container.run(COMMAND, "check", "--config", config, check=False)
+    assert checked.returncode == 0, checked
+    assert checked.stdout.startswith(f"{NAS_ROOT}: healthy (on {NAS} (ext4))"), checked.stdout
+    nas.wait_for_request(mark)
+
+    # The service (as shipped, in a mount namespace of its own): it mounts the share, holds it
+    # while it watches, and refreshes with nothing lost.
+    nas.wait_expired()
+    container.write(f"{CONFIG_DIR}/config.toml", _nas_config(jellyfin, machine))
+    cursor = system_service.cursor()
+    system_service.start()
+    system_service.wait_for(re.escape(f"watching 1 of 1 roots: {NAS_ROOT}"), cursor)
+    nas.wait_for_request(cursor)
+    held = nas.top()
+    assert held is not None and held[1] == "ext4", held
+    # Jellyfin (the emulator, on the host: outside the container's pid namespace its look-ups
+    # cannot make systemd mount the share) finds the films only while the share is mounted.
+    shared = machine.jellyfin_path(NAS_ROOT)
+    jellyfin.libraries = [*jellyfin.libraries, Library("Share", [shared])]
+    assert jellyfin.index() == len(NAS_FILMS)
+    _movie(container, NAS_ROOT, "New On The Share (2024)")
+    sent = system_service.wait_for(r"refresh sent: ", cursor)
+    assert sent.endswith(f"changes under {NAS_ROOT}"), sent
+    assert len(jellyfin.wait_for_refreshes(1, WAIT)) == 1
+    _items_lost_none(jellyfin)
+    assert sorted(path.rsplit("/", 1)[1] for path in jellyfin.items if path.startswith(shared + "/")) == \
+        sorted(f"{title}.mkv" for title in (*NAS_FILMS, "New On The Share (2024)"))
+    # Idle timeouts pass: the share stays the same mount (the watcher keeps it in use). The
+    # kernel's expiry check does not see that use, which is in the service's own mount
+    # namespace: systemd tries to unmount the share, and the unmount is refused.
+    nas.idle_timeout_passes()
+    assert nas.top() == held, "the watched share was unmounted"
+    nas.wait_for(re.compile(rf"umount: {re.escape(NAS)}: target is busy"), cursor)
+    assert nas.top() == held, "the watched share was unmounted"
+    print("\n[systemd] the share's journal while held:\n" + "\n".join(nas.journal(cursor)))
+    assert not [line for line in system_service.journal(cursor) if "ERROR" in line or "WARNING" in line]
 
 
 # --- the user unit ------------------------------------------------------------------------------

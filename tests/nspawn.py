@@ -399,12 +399,35 @@ class Container:
         raise AssertionError(f"journalctl printed no cursor: {shown.stdout!r}")
 
     def journal(self, *matches: str, after: str | None = None) -> list[str]:
-        """Messages of the journal (``-o cat``) matching ``matches`` (``journalctl`` match
-        arguments such as ``_SYSTEMD_UNIT=x.service``), after the cursor ``after``."""
-        arguments = ["journalctl", "--no-pager", "-q", "-o", "cat", *matches]
-        if after:
-            arguments.append(f"--after-cursor={after}")
-        return self.run(*arguments).stdout.splitlines()
+        """Messages of the journal matching ``matches`` (``journalctl`` match arguments such
+        as ``_SYSTEMD_UNIT=x.service`` or ``--unit x.service``), after the cursor ``after``.
+
+        With both matches and ``--after-cursor``, journalctl 252 may skip the first matching
+        entry after the cursor when the cursor's own entry does not match; so the entries
+        are read without the cursor and those after it kept here, by the sequence number
+        each cursor carries (``i=``, within the same ``s=`` sequence; across sequences, the
+        wall-clock time ``t=``).
+        """
+        if not after:
+            return self.run("journalctl", "--no-pager", "-q", "-o", "cat", *matches).stdout.splitlines()
+        since = _sequence(after)
+        messages = []
+        for line in self.run("journalctl", "--no-pager", "-q", "-o", "json", *matches).stdout.splitlines():
+            entry = json.loads(line)
+            sequence = _sequence(entry["__CURSOR"])
+            if sequence[1] > since[1] if sequence[0] == since[0] else sequence[2] > since[2]:
+                message = entry.get("MESSAGE") or ""
+                if isinstance(message, list):  # not valid UTF-8: journalctl gives the bytes
+                    message = bytes(message).decode("utf-8", "replace")
+                messages.extend(str(message).splitlines() or [""])
+        return messages
+
+
+def _sequence(cursor: str) -> tuple[str, int, int]:
+    """The sequence-number identity, the sequence number and the wall-clock time (µs) of a
+    journal cursor: its ``s=``, ``i=`` and ``t=`` (hexadecimal), as journald writes them."""
+    fields = dict(part.split("=", 1) for part in cursor.split(";") if "=" in part)
+    return fields["s"], int(fields["i"], 16), int(fields["t"], 16)
 
 
 def copy_into(source: Path, destination: Path, names: Sequence[str]) -> None:

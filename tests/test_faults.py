@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,7 +64,7 @@ from support import (
     write_config,
 )
 
-from tests.jellyfin.emulator import JellyfinEmulator, Library
+from tests.jellyfin.emulator import ClosingHTTPServer, JellyfinEmulator, Library
 from watcher.edges.verify import watched_inodes
 
 QUIET = 0.5
@@ -206,32 +206,10 @@ class Gate:
         self.thread.join()
 
 
-class _GateServer(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
-
+class _GateServer(ClosingHTTPServer):
     def __init__(self, gate: Gate, port: int) -> None:
         self.gate = gate
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
         super().__init__(("127.0.0.1", port), _GateHandler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
 
 
 _HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length", "host",

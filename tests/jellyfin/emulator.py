@@ -1709,28 +1709,25 @@ def _redacted_body(body: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    """A threading HTTP server whose connection threads :meth:`server_close` joins.
+class ClosingHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP(S) server whose :meth:`server_close` joins the connection threads.
 
-    Keep-alive connections are tracked so :meth:`close_connections` can end them at stop.
+    Keep-alive connections are tracked so :meth:`close_connections` can end them at stop; a
+    connection that fails outside a handler (a refused TLS handshake) is logged, not printed.
+    The emulator, the proxies in front of it and the tests' own servers build on it.
     """
 
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, emulator: JellyfinEmulator) -> None:
-        self.emulator = emulator
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        if ":" in emulator.host:
+        if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__((emulator.host, 0), _Handler)
-        if emulator.ssl_context is not None:  # each handshake runs in its connection's thread
-            self.socket = emulator.ssl_context.wrap_socket(self.socket, server_side=True,
-                                                           do_handshake_on_connect=False)
+        super().__init__(address, handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection that failed outside a handler (a refused TLS handshake): log, not print."""
         logger.debug("connection from %s failed: %r", client_address, sys.exc_info()[1])
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -1750,6 +1747,15 @@ class _Server(ThreadingHTTPServer):
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Server(ClosingHTTPServer):
+    def __init__(self, emulator: JellyfinEmulator) -> None:
+        self.emulator = emulator
+        super().__init__((emulator.host, 0), _Handler)
+        if emulator.ssl_context is not None:  # each handshake runs in its connection's thread
+            self.socket = emulator.ssl_context.wrap_socket(self.socket, server_side=True,
+                                                           do_handshake_on_connect=False)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -24,18 +24,18 @@ set: the administrator exempted Jellyfin's API paths, or the watcher now has a w
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
 import select
 import socket
 import ssl
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from tests.jellyfin.emulator import ClosingHTTPServer
 
 logger = logging.getLogger(__name__)
 
@@ -52,41 +52,12 @@ _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transf
                          "upgrade", "proxy-authorization", "proxy-authenticate"})
 
 
-class _Server(ThreadingHTTPServer):
-    """A threading HTTP(S) server whose :meth:`server_close` joins the connection threads."""
-
-    daemon_threads = False
-    block_on_close = True
-
+class _Server(ClosingHTTPServer):
     def __init__(self, front: _Front, host: str, context: ssl.SSLContext | None) -> None:
         self.front = front
-        self._connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        if ":" in host:
-            self.address_family = socket.AF_INET6
         super().__init__((host, 0), _Handler)
         if context is not None:
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("connection from %s failed: %r", client_address, sys.exc_info()[1])
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -37,7 +37,7 @@ import re
 import select
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -357,19 +357,7 @@ else:
             with self._lock:
                 if not self.is_active:
                     return
-                found = {self.path}
-                pending = [self.path]
-                counted = self._subfolders_device()
-                while pending:
-                    try:
-                        with os.scandir(pending.pop()) as entries:
-                            for entry in entries:
-                                if entry.is_dir(follow_symlinks=self.follow_symlink):
-                                    found.add(entry.path)
-                                    if not self._without_subfolders(entry.path, counted):
-                                        pending.append(entry.path)
-                    except OSError:  # gone meanwhile, or unreadable: not watchable either
-                        continue
+                found = {self.path, *self._subfolders(self.path)}
                 by_path, by_watch = self._active_callbacks_by_path, self._active_callbacks_by_watch
                 gone = []
                 for path in [path for path in by_path if path not in found]:
@@ -396,18 +384,26 @@ else:
             self._add_callback(path)
             if not (is_dir and self.is_recursive):
                 return
-            pending = [path]
+            for folder in self._subfolders(path):
+                self._add_callback(folder)
+
+        def _subfolders(self, top: bytes) -> Iterator[bytes]:
+            """Every folder below ``top``, depth first, without following symlinks unless
+            the watch does. Each is yielded before it is looked at, so that a caller that
+            watches it then hears of any sub-folder made from that moment on; it is listed
+            only if it may have sub-folders (:meth:`_without_subfolders`). A folder gone
+            meanwhile or unreadable is skipped, as watchdog's own walk skips it."""
+            pending = [top]
             counted = self._subfolders_device()
             while pending:
                 try:
                     with os.scandir(pending.pop()) as entries:
                         for entry in entries:
                             if entry.is_dir(follow_symlinks=self.follow_symlink):
-                                self._add_callback(entry.path)
-                                # Watched first: a sub-folder made from now on is reported.
+                                yield entry.path
                                 if not self._without_subfolders(entry.path, counted):
                                     pending.append(entry.path)
-                except OSError:  # gone meanwhile, or unreadable: watchdog skips it too
+                except OSError:
                     continue
 
         def _subfolders_device(self) -> int | None:

@@ -205,28 +205,24 @@ class RcloneServer(_Process):
             raise
 
 
-class RcloneMount(_Process):
-    """``rclone mount :webdav,url=URL: MOUNT_POINT`` in the foreground (``--dir-cache-time``
-    short, so that server-side changes show within a second or two)."""
+class _FuseMount(_Process):
+    """A FUSE file system served by a foreground process on ``mount_point``: started by
+    :meth:`_mount`, which waits until the kernel shows the mount (or the process ended);
+    closed by unmounting it, then reaping the process."""
 
-    def __init__(self, url: str, mount_point: Path, log: Path, dir_cache_time: str = "1s") -> None:
+    def __init__(self, mount_point: Path, log: Path) -> None:
         super().__init__(log)
-        self.url = url
         self.mount_point = mount_point
-        self.dir_cache_time = dir_cache_time
 
-    def __enter__(self) -> Self:
+    def _mount(self, argv: list[str]) -> Self:
         self.mount_point.mkdir(parents=True, exist_ok=True)
+        name = " ".join(argv[:2]) if argv[0] == "rclone" else argv[0]
         try:
-            self.process = self._spawn([
-                "rclone", "mount", f":webdav,url='{self.url}':", str(self.mount_point),
-                "--dir-cache-time", self.dir_cache_time, "--poll-interval", "0", "--config", "/dev/null",
-            ])
-            process = self.process
+            self.process = process = self._spawn(argv)
             wait_until(lambda: is_mounted(self.mount_point) or process.poll() is not None, START_WITHIN,
-                       message=f"rclone mount did not mount {self.mount_point}:\n{self.output()}")
+                       message=f"{name} did not mount {self.mount_point}:\n{self.output()}")
             if not is_mounted(self.mount_point):
-                raise RuntimeError(f"rclone mount exited with code {process.returncode}:\n{self.output()}")
+                raise RuntimeError(f"{name} exited with code {process.returncode}:\n{self.output()}")
         except BaseException:
             self.close()
             raise
@@ -238,6 +234,22 @@ class RcloneMount(_Process):
             _unmount_fuse(self.mount_point)
         finally:
             super().close()
+
+
+class RcloneMount(_FuseMount):
+    """``rclone mount :webdav,url=URL: MOUNT_POINT`` in the foreground (``--dir-cache-time``
+    short, so that server-side changes show within a second or two)."""
+
+    def __init__(self, url: str, mount_point: Path, log: Path, dir_cache_time: str = "1s") -> None:
+        super().__init__(mount_point, log)
+        self.url = url
+        self.dir_cache_time = dir_cache_time
+
+    def __enter__(self) -> Self:
+        return self._mount([
+            "rclone", "mount", f":webdav,url='{self.url}':", str(self.mount_point),
+            "--dir-cache-time", self.dir_cache_time, "--poll-interval", "0", "--config", "/dev/null",
+        ])
 
 
 class SSHServer(_Process):
@@ -323,42 +335,23 @@ class SSHServer(_Process):
         super().close()
 
 
-class SSHFSMount(_Process):
+class SSHFSMount(_FuseMount):
     """``sshfs -f root@127.0.0.1:REMOTE MOUNT_POINT`` against :class:`SSHServer`, with
     ``reconnect`` and a 1 s directory cache (``options`` adds more ``-o`` options)."""
 
     def __init__(self, server: SSHServer, remote: Path, mount_point: Path, log: Path,
                  options: tuple[str, ...] = ()) -> None:
-        super().__init__(log)
+        super().__init__(mount_point, log)
         self.server = server
         self.remote = remote
-        self.mount_point = mount_point
         self.options = options
 
     def __enter__(self) -> Self:
-        self.mount_point.mkdir(parents=True, exist_ok=True)
         options = [
             f"port={self.server.port}", f"IdentityFile={self.server.client_key}", "StrictHostKeyChecking=no",
             "UserKnownHostsFile=/dev/null", "BatchMode=yes", "reconnect", "ServerAliveInterval=2",
             "ServerAliveCountMax=2", "dcache_timeout=1", *self.options,
         ]
-        try:
-            self.process = self._spawn(["sshfs", "-f", "-o", ",".join(options), f"root@127.0.0.1:{self.remote}",
-                                        str(self.mount_point)])
-            process = self.process
-            wait_until(lambda: is_mounted(self.mount_point) or process.poll() is not None, START_WITHIN,
-                       message=f"sshfs did not mount {self.mount_point}:\n{self.output()}")
-            if not is_mounted(self.mount_point):
-                raise RuntimeError(f"sshfs exited with code {process.returncode}:\n{self.output()}")
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def close(self) -> None:
-        self.resume()
-        try:
-            _unmount_fuse(self.mount_point)
-        finally:
-            super().close()
+        return self._mount(["sshfs", "-f", "-o", ",".join(options), f"root@127.0.0.1:{self.remote}",
+                            str(self.mount_point)])
 

@@ -189,16 +189,13 @@ class Redirector(_Front):
                       {"Location": self.target + handler.path})
 
 
-class SignInProxy(_Front):
-    """Single sign-on in front of ``upstream``. Without a session (always, for the watcher):
-    ``mode="redirect"``: 302 to ``<own URL>/login?rd=<the URL asked for>`` (Authelia); ``"page"``:
-    the sign-in page with 200; ``"forbidden"``: the sign-in page with 403 (oauth2-proxy).
-    ``GET /login`` is the sign-in page. With :attr:`exempt` set, everything is forwarded."""
+class _Guarded(_Front):
+    """A proxy that refuses the watcher (:meth:`refuse`) in front of ``upstream``, and
+    forwards everything once :attr:`exempt` is set."""
 
-    def __init__(self, upstream: str, mode: str = "redirect", **kwargs: Any) -> None:
+    def __init__(self, upstream: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.upstream = upstream
-        self.mode = mode
         self.exempt = False
 
     def serve(self, handler: _Handler) -> None:
@@ -207,6 +204,23 @@ class SignInProxy(_Front):
             forward(handler, self.upstream)
             return
         handler.body()
+        self.refuse(handler)
+
+    def refuse(self, handler: _Handler) -> None:
+        raise NotImplementedError
+
+
+class SignInProxy(_Guarded):
+    """Single sign-on in front of ``upstream``. Without a session (always, for the watcher):
+    ``mode="redirect"``: 302 to ``<own URL>/login?rd=<the URL asked for>`` (Authelia); ``"page"``:
+    the sign-in page with 200; ``"forbidden"``: the sign-in page with 403 (oauth2-proxy).
+    ``GET /login`` is the sign-in page. With :attr:`exempt` set, everything is forwarded."""
+
+    def __init__(self, upstream: str, mode: str = "redirect", **kwargs: Any) -> None:
+        super().__init__(upstream, **kwargs)
+        self.mode = mode
+
+    def refuse(self, handler: _Handler) -> None:
         if urlsplit(handler.path).path == "/login" or self.mode == "page":
             handler.reply(200, SIGN_IN_PAGE, content_type="text/html; charset=utf-8")
         elif self.mode == "forbidden":
@@ -215,25 +229,18 @@ class SignInProxy(_Front):
             handler.reply(302, b"", {"Location": f"{self.url}/login?rd={quote(self.url + handler.path, safe='')}"})
 
 
-class AuthProxy(_Front):
+class AuthProxy(_Guarded):
     """A proxy with its own access control in front of ``upstream``: ``status=401``, nginx
     ``auth_basic`` (the watcher's ``Authorization: MediaBrowser …`` is not Basic); ``status=403``,
     an allow-list. ``bare``: the status alone, no challenge and no page (as Jellyfin answers).
     With :attr:`exempt` set, everything is forwarded."""
 
     def __init__(self, upstream: str, status: int = 401, bare: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.upstream = upstream
+        super().__init__(upstream, **kwargs)
         self.status = status
         self.bare = bare
-        self.exempt = False
 
-    def serve(self, handler: _Handler) -> None:
-        self.record(handler)
-        if self.exempt:
-            forward(handler, self.upstream)
-            return
-        handler.body()
+    def refuse(self, handler: _Handler) -> None:
         if self.bare:
             handler.reply(self.status)
         elif self.status == 401:
